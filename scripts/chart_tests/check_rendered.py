@@ -1,0 +1,230 @@
+"""Assert the sidecar wiring in manifests rendered by `helm template` from helm/shipper.
+
+Usage: check_rendered.py RENDERED.yaml [--native|--classic] [--role-arn ARN] [--config]
+       [--stream NAME] [--endpoint URL] [--socket] [--service-monitor] [--metrics-port N]
+       [--scrape-annotations]
+
+Prints one line per failed expectation and exits 1 if any failed, 0 otherwise. Needs PyYAML
+(the tools venv has it through kubernetes-validate).
+"""
+
+import argparse
+import re
+import sys
+
+import yaml
+
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+SHIPPER_UID = 65532
+
+
+class Checker:
+    def __init__(self):
+        self.failures = []
+
+    def check(self, condition, message):
+        if not condition:
+            self.failures.append(message)
+        return bool(condition)
+
+
+def env_of(container):
+    return {item["name"]: item.get("value") for item in container.get("env") or []}
+
+
+def mounts_of(container):
+    return {mount["name"]: mount for mount in container.get("volumeMounts") or []}
+
+
+def seconds(duration):
+    match = re.fullmatch(r"(\d+)s", duration or "")
+    return int(match.group(1)) if match else None
+
+
+def check_security_context(c, container, pod_security):
+    security = container.get("securityContext") or {}
+    c.check(security.get("runAsNonRoot") is True, "shipper: securityContext.runAsNonRoot is not true")
+    c.check(security.get("runAsUser") == SHIPPER_UID, f"shipper: runAsUser is not {SHIPPER_UID}")
+    c.check(security.get("readOnlyRootFilesystem") is True, "shipper: readOnlyRootFilesystem is not true")
+    c.check(security.get("allowPrivilegeEscalation") is False, "shipper: allowPrivilegeEscalation is not false")
+    drop = (security.get("capabilities") or {}).get("drop") or []
+    c.check("ALL" in drop, "shipper: capabilities do not drop ALL")
+    seccomp = security.get("seccompProfile") or pod_security.get("seccompProfile") or {}
+    c.check(seccomp.get("type") == "RuntimeDefault", "shipper: seccompProfile is not RuntimeDefault")
+
+
+def check_probes(c, container, metrics_port):
+    ports = {port.get("name"): port.get("containerPort") for port in container.get("ports") or []}
+    c.check(ports.get("metrics") == metrics_port, f"shipper: no container port 'metrics' = {metrics_port}")
+    addr = env_of(container).get("SHIPPER_METRICS_ADDR")
+    c.check(addr == f"0.0.0.0:{metrics_port}", f"shipper: SHIPPER_METRICS_ADDR is {addr!r}")
+    for probe_name, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        http = (container.get(probe_name) or {}).get("httpGet") or {}
+        c.check(http.get("path") == path, f"shipper: {probe_name} path is {http.get('path')!r}, not {path}")
+        c.check(http.get("port") in ("metrics", metrics_port), f"shipper: {probe_name} is not on the metrics port")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("rendered")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--native", dest="native", action="store_true", default=True)
+    mode.add_argument("--classic", dest="native", action="store_false")
+    parser.add_argument("--role-arn")
+    parser.add_argument("--config", action="store_true")
+    parser.add_argument("--stream")
+    parser.add_argument("--endpoint")
+    parser.add_argument("--socket", action="store_true")
+    parser.add_argument("--service-monitor", action="store_true")
+    parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--scrape-annotations", action="store_true")
+    args = parser.parse_args()
+
+    with open(args.rendered, encoding="utf-8") as handle:
+        documents = [doc for doc in yaml.safe_load_all(handle) if doc]
+    by_kind = {}
+    for doc in documents:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+
+    c = Checker()
+    deployments = by_kind.get("Deployment", [])
+    if not c.check(len(deployments) == 1, f"expected one Deployment, found {len(deployments)}"):
+        return report(c)
+    pod = deployments[0]["spec"]["template"]
+    spec = pod["spec"]
+    init_containers = {item["name"]: item for item in spec.get("initContainers") or []}
+    containers = {item["name"]: item for item in spec.get("containers") or []}
+
+    # Sidecar placement.
+    if args.native:
+        shipper = init_containers.get("shipper")
+        c.check(shipper is not None, "native: shipper is not in initContainers")
+        c.check("shipper" not in containers, "native: shipper is also in containers")
+        if shipper is not None:
+            c.check(shipper.get("restartPolicy") == "Always", "native: shipper's restartPolicy is not Always")
+            c.check(shipper.get("startupProbe") is not None, "native: shipper has no startupProbe (the worker would not wait for it)")
+    else:
+        shipper = containers.get("shipper")
+        c.check(shipper is not None, "classic: shipper is not in containers")
+        c.check("shipper" not in init_containers, "classic: shipper is in initContainers")
+        if shipper is not None:
+            c.check("restartPolicy" not in shipper, "classic: shipper has a container restartPolicy")
+    worker = containers.get("worker")
+    c.check(worker is not None, "the worker container is missing")
+    if shipper is None or worker is None:
+        return report(c)
+
+    # Shared volumes.
+    volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
+    worker_mounts, shipper_mounts = mounts_of(worker), mounts_of(shipper)
+    for name in ("logs", "socket"):
+        c.check("emptyDir" in volumes.get(name, {}), f"volume {name} is not an emptyDir")
+        c.check(name in worker_mounts, f"worker does not mount volume {name}")
+        c.check(name in shipper_mounts, f"shipper does not mount volume {name}")
+        if name in worker_mounts and name in shipper_mounts:
+            c.check(worker_mounts[name]["mountPath"] == shipper_mounts[name]["mountPath"],
+                    f"volume {name} is mounted at different paths in worker and shipper")
+    log_dir = (worker_mounts.get("logs") or {}).get("mountPath", "")
+    c.check((shipper_mounts.get("logs") or {}).get("readOnly") is True, "shipper mounts the logs read-write")
+    c.check(not (worker_mounts.get("logs") or {}).get("readOnly"), "worker mounts the logs read-only")
+    logfiles = [arg.split("=", 1)[1] for arg in worker.get("args") or [] if arg.startswith("--logfile=")]
+    c.check(logfiles and all(path.startswith(log_dir + "/") for path in logfiles),
+            f"worker --logfile {logfiles} is not inside the log directory {log_dir}")
+
+    env = env_of(shipper)
+    data_dir = env.get("SHIPPER_DATA_DIR")
+    c.check("data" in volumes and (shipper_mounts.get("data") or {}).get("mountPath") == data_dir,
+            f"data volume is not mounted at SHIPPER_DATA_DIR ({data_dir})")
+
+    # Command line and settings.
+    shipper_args = shipper.get("args") or []
+    if args.config:
+        c.check(shipper_args[:2] == ["run", "--config=/etc/shipper/shipper.toml"], f"config: args are {shipper_args}")
+        c.check("--" not in shipper_args, "config: paths are passed on the command line")
+        configmaps = by_kind.get("ConfigMap", [])
+        c.check(len(configmaps) == 1 and "shipper.toml" in configmaps[0].get("data", {}),
+                "config: no ConfigMap with shipper.toml")
+        if configmaps:
+            name = configmaps[0]["metadata"]["name"]
+            c.check((volumes.get("config") or {}).get("configMap", {}).get("name") == name,
+                    "config: the config volume does not use the ConfigMap")
+        c.check((shipper_mounts.get("config") or {}).get("mountPath") == "/etc/shipper",
+                "config: the ConfigMap is not mounted at /etc/shipper")
+        c.check("checksum/config" in (pod["metadata"].get("annotations") or {}),
+                "config: no checksum/config annotation (pods would not restart on a config change)")
+        for name in ("SHIPPER_FORMAT", "SHIPPER_MULTILINE", "SHIPPER_READ_FROM", "SHIPPER_PARTITION_KEY"):
+            c.check(name not in env, f"config: {name} is set and would override the file")
+    else:
+        c.check(shipper_args[:1] == ["tail"], f"tail: args are {shipper_args}")
+        paths = shipper_args[shipper_args.index("--") + 1:] if "--" in shipper_args else []
+        c.check(paths and all(path.startswith(log_dir + "/") for path in paths),
+                f"tail: paths {paths} are not inside the log directory {log_dir}")
+        c.check("ConfigMap" not in by_kind, "tail: a ConfigMap is rendered")
+        for name in ("SHIPPER_FORMAT", "SHIPPER_MULTILINE", "SHIPPER_READ_FROM", "SHIPPER_COMPRESS"):
+            c.check(name in env, f"tail: {name} is not set")
+    c.check(env.get("SHIPPER_STREAM") == args.stream, f"SHIPPER_STREAM is {env.get('SHIPPER_STREAM')!r}, expected {args.stream!r}")
+    c.check(env.get("SHIPPER_ENDPOINT_URL") == args.endpoint,
+            f"SHIPPER_ENDPOINT_URL is {env.get('SHIPPER_ENDPOINT_URL')!r}, expected {args.endpoint!r}")
+    socket_args = [arg for arg in shipper_args if arg.startswith("--socket=")]
+    if args.socket:
+        socket_dir = (shipper_mounts.get("socket") or {}).get("mountPath", "")
+        c.check(len(socket_args) == 1 and socket_args[0].startswith(f"--socket=unix://{socket_dir}/"),
+                f"socket: {socket_args} is not a unix socket in {socket_dir}")
+    else:
+        c.check(not socket_args, f"a socket is configured: {socket_args}")
+
+    # Probes, security, resources, grace period.
+    check_probes(c, shipper, args.metrics_port)
+    check_security_context(c, shipper, spec.get("securityContext") or {})
+    resources = shipper.get("resources") or {}
+    c.check((resources.get("requests") or {}).get("cpu") and (resources.get("requests") or {}).get("memory"),
+            "shipper: no CPU and memory requests")
+    c.check((resources.get("limits") or {}).get("memory"), "shipper: no memory limit")
+    grace = seconds(env.get("SHIPPER_GRACE_PERIOD"))
+    termination = spec.get("terminationGracePeriodSeconds")
+    c.check(grace is not None and isinstance(termination, int) and termination > grace,
+            f"terminationGracePeriodSeconds {termination} is not above the shipper's grace period {grace}s")
+
+    # ServiceAccount and IRSA.
+    accounts = by_kind.get("ServiceAccount", [])
+    if c.check(len(accounts) == 1, f"expected one ServiceAccount, found {len(accounts)}"):
+        account = accounts[0]
+        c.check(spec.get("serviceAccountName") == account["metadata"]["name"], "the pod does not use the chart's ServiceAccount")
+        annotation = (account["metadata"].get("annotations") or {}).get(IRSA_ANNOTATION)
+        c.check(annotation == args.role_arn, f"IRSA annotation is {annotation!r}, expected {args.role_arn!r}")
+
+    # Metrics discovery.
+    annotations = pod["metadata"].get("annotations") or {}
+    if args.scrape_annotations:
+        c.check(annotations.get("prometheus.io/scrape") == "true"
+                and annotations.get("prometheus.io/port") == str(args.metrics_port)
+                and annotations.get("prometheus.io/path") == "/metrics",
+                f"scrape annotations are wrong: {annotations}")
+    else:
+        c.check("prometheus.io/scrape" not in annotations, "prometheus.io/scrape is set while it is off")
+    monitors = by_kind.get("ServiceMonitor", [])
+    if args.service_monitor:
+        services = by_kind.get("Service", [])
+        c.check(len(monitors) == 1 and len(services) == 1, "service-monitor: Service and ServiceMonitor not both rendered")
+        if monitors and services:
+            selector = services[0]["spec"].get("selector") or {}
+            pod_labels = pod["metadata"].get("labels") or {}
+            c.check(selector and all(pod_labels.get(k) == v for k, v in selector.items()),
+                    "service-monitor: the Service does not select the worker pods")
+            endpoint = (monitors[0]["spec"].get("endpoints") or [{}])[0]
+            c.check(endpoint.get("port") == "metrics" and endpoint.get("path") == "/metrics",
+                    "service-monitor: the endpoint is not metrics:/metrics")
+    else:
+        c.check(not monitors, "a ServiceMonitor is rendered while it is off")
+
+    return report(c)
+
+
+def report(c):
+    for failure in c.failures:
+        print(f"  FAIL {failure}")
+    return 1 if c.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
