@@ -1,1 +1,173 @@
-//! placeholder
+//! The command line: only what the user typed. `config` turns it into validated settings.
+//!
+//! Every option is optional here so that a config file (`shipper run --config`) can supply it;
+//! precedence is flag, then `SHIPPER_*` environment variable, then config file, then default.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shipper",
+    version,
+    about = "Ship log files to Amazon Kinesis Data Streams, at least once"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ship files (paths or glob patterns) to a Kinesis stream.
+    Tail(TailArgs),
+    /// The same as `tail`, configured from a TOML file (flags and SHIPPER_* variables override it).
+    Run(RunArgs),
+    /// Check a config file and print the effective settings; exit 0 when valid, 64 when not.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Files to ship: paths or glob patterns (quote globs so the shell leaves them alone).
+    #[arg(required = true, value_name = "PATH|GLOB")]
+    pub paths: Vec<String>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML config file.
+    #[arg(long, env = "SHIPPER_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The TOML config file to check.
+    #[arg(long, env = "SHIPPER_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Settings shared by `tail`, `run` and `validate`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct Options {
+    /// Name of the Kinesis data stream to write to.
+    #[arg(long, env = "SHIPPER_STREAM", value_name = "NAME")]
+    pub stream: Option<String>,
+    /// AWS region. Defaults to the standard AWS chain (AWS_REGION, profile, IMDS).
+    #[arg(long, env = "SHIPPER_REGION")]
+    pub region: Option<String>,
+    /// Kinesis endpoint, e.g. http://127.0.0.1:4566 for LocalStack. AWS_ENDPOINT_URL_KINESIS and
+    /// AWS_ENDPOINT_URL are honoured when this is not set.
+    #[arg(long, env = "SHIPPER_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Directory for checkpoints and the dead-letter file (default /var/lib/shipper).
+    #[arg(long, env = "SHIPPER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where to start files that have no checkpoint and exist at start-up: beginning or end
+    /// (default beginning). Files that appear later are always read from their beginning.
+    #[arg(long, env = "SHIPPER_READ_FROM", value_name = "beginning|end")]
+    pub read_from: Option<String>,
+    /// Record format: raw (the line as it is), json (one JSON object per record), celery (Celery's
+    /// log format parsed into a JSON envelope). Default raw.
+    #[arg(long, env = "SHIPPER_FORMAT", value_name = "raw|json|celery")]
+    pub format: Option<String>,
+    /// Multiline joining: none, python (tracebacks), celery (lines without the Celery prefix continue
+    /// the record above), or a regular expression matching the first line of a record.
+    #[arg(
+        long,
+        env = "SHIPPER_MULTILINE",
+        value_name = "none|python|celery|REGEX"
+    )]
+    pub multiline: Option<String>,
+    /// Partition key template: literal text and {task_id}, {task_name}, {host}, {pod}, {file},
+    /// {random}, {field.NAME}, with fallbacks such as {task_id|random}.
+    #[arg(long, env = "SHIPPER_PARTITION_KEY", value_name = "TEMPLATE")]
+    pub partition_key: Option<String>,
+    /// Timezone of the timestamps in Celery logs, as a fixed offset (+02:00) or UTC (the default).
+    #[arg(long, env = "SHIPPER_TIMEZONE", value_name = "OFFSET")]
+    pub timezone: Option<String>,
+    /// Static field added to json and celery records (repeatable): --field env=prod.
+    #[arg(long = "field", value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
+    /// How long a record may wait for more records before its batch is sent (default 200ms).
+    #[arg(long, env = "SHIPPER_LINGER", value_name = "DURATION")]
+    pub linger: Option<String>,
+    /// Most records in one PutRecords request (1..=500, default 500).
+    #[arg(long, env = "SHIPPER_MAX_BATCH_RECORDS", value_name = "N")]
+    pub max_batch_records: Option<usize>,
+    /// Most bytes (data plus partition keys) in one PutRecords request (default 5 MiB, the Kinesis
+    /// limit; raise it only for streams whose limit was raised).
+    #[arg(long, env = "SHIPPER_MAX_BATCH_BYTES", value_name = "BYTES")]
+    pub max_batch_bytes: Option<usize>,
+    /// Most bytes in one record, data plus partition key (default 1 MiB, the Kinesis limit).
+    /// Longer lines are split (or truncated, see --long-lines).
+    #[arg(long, env = "SHIPPER_MAX_RECORD_BYTES", value_name = "BYTES")]
+    pub max_record_bytes: Option<usize>,
+    /// What to do with a line longer than a record can hold: split (default) or truncate.
+    #[arg(long, env = "SHIPPER_LONG_LINES", value_name = "split|truncate")]
+    pub long_lines: Option<String>,
+    /// PutRecords requests in flight at once (default 4).
+    #[arg(long, env = "SHIPPER_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// How long a stop (SIGTERM, SIGINT) may take to deliver what was read (default 25s).
+    #[arg(long, env = "SHIPPER_GRACE_PERIOD", value_name = "DURATION")]
+    pub grace_period: Option<String>,
+    /// Print records to standard output instead of sending them (a dry run: no AWS calls, no
+    /// checkpoints).
+    #[arg(long, env = "SHIPPER_STDOUT")]
+    pub stdout: bool,
+    /// The shipper's own log format: text (default) or json. Filter with RUST_LOG.
+    #[arg(long, env = "SHIPPER_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tail_takes_paths_and_flags() {
+        let cli = Cli::try_parse_from([
+            "shipper",
+            "tail",
+            "/var/log/*.log",
+            "b.log",
+            "--stream",
+            "s",
+            "--linger",
+            "1s",
+            "--stdout",
+        ])
+        .unwrap();
+        let Command::Tail(args) = cli.command else {
+            panic!("not tail")
+        };
+        assert_eq!(args.paths, ["/var/log/*.log", "b.log"]);
+        assert_eq!(args.options.stream.as_deref(), Some("s"));
+        assert_eq!(args.options.linger.as_deref(), Some("1s"));
+        assert!(args.options.stdout);
+    }
+
+    #[test]
+    fn tail_without_paths_is_a_usage_error() {
+        let error = Cli::try_parse_from(["shipper", "tail", "--stream", "s"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+}

@@ -1,1 +1,468 @@
-//! placeholder
+//! Settings: the config file's serde structs, merged with the command line, validated into
+//! [`Config`], the only form the core sees.
+//!
+//! Precedence, highest first: command-line flag, `SHIPPER_*` environment variable (clap reads both),
+//! the input's own table in the config file, the file's top level, the built-in default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{self, Limits};
+use crate::cli::Options;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/shipper";
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
+/// Below Kubernetes' default termination grace period of 30 s, so a drain finishes before SIGKILL.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(25);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("missing setting {0}")]
+    Missing(&'static str),
+}
+
+fn invalid(name: &'static str, message: impl fmt::Display) -> Error {
+    Error::Invalid {
+        name,
+        message: message.to_string(),
+    }
+}
+
+/// Where to start a file that has no checkpoint and exists at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
+
+impl fmt::Display for ReadFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReadFrom::Beginning => "beginning",
+            ReadFrom::End => "end",
+        })
+    }
+}
+
+/// What to do with a line longer than a record can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongLinePolicy {
+    /// Ship it in several records, each with a part of the line.
+    Split,
+    /// Ship the first part only.
+    Truncate,
+}
+
+impl fmt::Display for LongLinePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LongLinePolicy::Split => "split",
+            LongLinePolicy::Truncate => "truncate",
+        })
+    }
+}
+
+/// The config file, as written. Durations carry their unit in the key name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub stream: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub read_from: Option<String>,
+    pub format: Option<String>,
+    pub multiline: Option<String>,
+    pub partition_key: Option<String>,
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    pub linger_ms: Option<u64>,
+    pub max_batch_records: Option<usize>,
+    pub max_batch_bytes: Option<usize>,
+    pub max_record_bytes: Option<usize>,
+    pub long_lines: Option<String>,
+    pub concurrency: Option<usize>,
+    pub grace_period_ms: Option<u64>,
+    pub log_format: Option<String>,
+    /// File inputs, each with its own paths and optionally its own format, multiline and key.
+    #[serde(default, rename = "input")]
+    pub inputs: Vec<FileInput>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInput {
+    pub paths: Vec<String>,
+    pub format: Option<String>,
+    pub multiline: Option<String>,
+    pub partition_key: Option<String>,
+    pub read_from: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| Error::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One validated input: which files, and how their lines become records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Input {
+    pub paths: Vec<String>,
+    #[serde(serialize_with = "display")]
+    pub read_from: ReadFrom,
+    pub format: String,
+    pub multiline: String,
+    pub partition_key: String,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub stream: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub inputs: Vec<Input>,
+    pub timezone: Option<String>,
+    pub fields: BTreeMap<String, String>,
+    pub limits: Limits,
+    #[serde(serialize_with = "display")]
+    pub long_lines: LongLinePolicy,
+    #[serde(serialize_with = "humantime_ser")]
+    pub linger: Duration,
+    pub concurrency: usize,
+    #[serde(serialize_with = "humantime_ser")]
+    pub grace_period: Duration,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+}
+
+fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn humantime_ser<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*value))
+}
+
+fn parse_duration(name: &'static str, text: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(text).map_err(|error| invalid(name, format!("{text:?}: {error}")))
+}
+
+fn parse_read_from(text: &str) -> Result<ReadFrom, Error> {
+    match text {
+        "beginning" => Ok(ReadFrom::Beginning),
+        "end" => Ok(ReadFrom::End),
+        other => Err(invalid(
+            "read_from",
+            format!("{other:?}: expected beginning or end"),
+        )),
+    }
+}
+
+impl Config {
+    /// Build the settings for `shipper tail PATHS` (no config file).
+    pub fn from_tail(paths: Vec<String>, options: &Options) -> Result<Config, Error> {
+        let file = FileConfig {
+            inputs: vec![FileInput {
+                paths,
+                ..FileInput::default()
+            }],
+            ..FileConfig::default()
+        };
+        Config::merge(file, options)
+    }
+
+    /// Merge a config file with the command line (which wins) and validate the result.
+    pub fn merge(file: FileConfig, options: &Options) -> Result<Config, Error> {
+        let stream = options
+            .stream
+            .clone()
+            .or(file.stream)
+            .ok_or(Error::Missing("stream"))?;
+        if stream.is_empty() || stream.len() > 128 {
+            return Err(invalid("stream", "a stream name has 1 to 128 characters"));
+        }
+        let read_from = options
+            .read_from
+            .clone()
+            .or(file.read_from)
+            .unwrap_or("beginning".into());
+        let format = options
+            .format
+            .clone()
+            .or(file.format)
+            .unwrap_or("raw".into());
+        let multiline = options
+            .multiline
+            .clone()
+            .or(file.multiline)
+            .unwrap_or("none".into());
+        let partition_key = options
+            .partition_key
+            .clone()
+            .or(file.partition_key)
+            .unwrap_or("{random}".into());
+        if file.inputs.is_empty() {
+            return Err(Error::Missing("input (a [[input]] table with paths)"));
+        }
+        let mut inputs = Vec::new();
+        for input in file.inputs {
+            if input.paths.is_empty() {
+                return Err(invalid(
+                    "input.paths",
+                    "an input needs at least one path or glob",
+                ));
+            }
+            let pick = |flag: &Option<String>, own: Option<String>, top: &String| {
+                flag.clone().or(own).unwrap_or_else(|| top.clone())
+            };
+            inputs.push(Input {
+                paths: input.paths,
+                read_from: parse_read_from(&pick(&options.read_from, input.read_from, &read_from))?,
+                format: pick(&options.format, input.format, &format),
+                multiline: pick(&options.multiline, input.multiline, &multiline),
+                partition_key: pick(&options.partition_key, input.partition_key, &partition_key),
+            });
+        }
+        let mut fields = file.fields;
+        for field in &options.fields {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| invalid("field", format!("{field:?}: expected KEY=VALUE")))?;
+            fields.insert(key.to_string(), value.to_string());
+        }
+        let linger = match (&options.linger, file.linger_ms) {
+            (Some(text), _) => parse_duration("linger", text)?,
+            (None, Some(ms)) => Duration::from_millis(ms),
+            (None, None) => DEFAULT_LINGER,
+        };
+        let grace_period = match (&options.grace_period, file.grace_period_ms) {
+            (Some(text), _) => parse_duration("grace_period", text)?,
+            (None, Some(ms)) => Duration::from_millis(ms),
+            (None, None) => DEFAULT_GRACE_PERIOD,
+        };
+        let limits = Limits {
+            max_records: options
+                .max_batch_records
+                .or(file.max_batch_records)
+                .unwrap_or(batch::MAX_RECORDS_PER_REQUEST),
+            max_bytes: options
+                .max_batch_bytes
+                .or(file.max_batch_bytes)
+                .unwrap_or(batch::MAX_BYTES_PER_REQUEST),
+            max_record_bytes: options
+                .max_record_bytes
+                .or(file.max_record_bytes)
+                .unwrap_or(batch::MAX_BYTES_PER_RECORD),
+        };
+        limits
+            .validate()
+            .map_err(|message| invalid("limits", message))?;
+        let long_lines = match options.long_lines.clone().or(file.long_lines).as_deref() {
+            None | Some("split") => LongLinePolicy::Split,
+            Some("truncate") => LongLinePolicy::Truncate,
+            Some(other) => {
+                return Err(invalid(
+                    "long_lines",
+                    format!("{other:?}: expected split or truncate"),
+                ));
+            }
+        };
+        let concurrency = options
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or(DEFAULT_CONCURRENCY);
+        if !(1..=64).contains(&concurrency) {
+            return Err(invalid(
+                "concurrency",
+                format!("{concurrency}: expected 1 to 64"),
+            ));
+        }
+        let log_format = match options.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?}: expected text or json"),
+                ));
+            }
+        };
+        Ok(Config {
+            stream,
+            region: options.region.clone().or(file.region),
+            endpoint_url: options.endpoint_url.clone().or(file.endpoint_url),
+            data_dir: options
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(DEFAULT_DATA_DIR.into()),
+            inputs,
+            timezone: options.timezone.clone().or(file.timezone),
+            fields,
+            limits,
+            long_lines,
+            linger,
+            concurrency,
+            grace_period,
+            dry_run: options.stdout,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            stream: Some("s".into()),
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn tail_defaults() {
+        let config = Config::from_tail(vec!["a.log".into()], &options()).unwrap();
+        assert_eq!(config.stream, "s");
+        assert_eq!(config.linger, DEFAULT_LINGER);
+        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(config.limits.max_records, 500);
+        assert_eq!(config.inputs[0].format, "raw");
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn stream_is_required() {
+        let error = Config::from_tail(vec!["a.log".into()], &Options::default()).unwrap_err();
+        assert!(error.to_string().contains("stream"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: Vec<(Options, &str)> = vec![
+            (
+                Options {
+                    linger: Some("soon".into()),
+                    ..options()
+                },
+                "linger",
+            ),
+            (
+                Options {
+                    read_from: Some("middle".into()),
+                    ..options()
+                },
+                "read_from",
+            ),
+            (
+                Options {
+                    max_batch_records: Some(501),
+                    ..options()
+                },
+                "limits",
+            ),
+            (
+                Options {
+                    max_batch_bytes: Some(10),
+                    ..options()
+                },
+                "limits",
+            ),
+            (
+                Options {
+                    concurrency: Some(0),
+                    ..options()
+                },
+                "concurrency",
+            ),
+            (
+                Options {
+                    fields: vec!["novalue".into()],
+                    ..options()
+                },
+                "field",
+            ),
+        ];
+        for (options, name) in cases {
+            let error = Config::from_tail(vec!["a.log".into()], &options).unwrap_err();
+            assert!(error.to_string().contains(name), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn flag_beats_input_beats_top_level() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            stream = "from-file"
+            format = "json"
+            linger_ms = 50
+            [[input]]
+            paths = ["a.log"]
+            [[input]]
+            paths = ["b.log"]
+            format = "celery"
+            "#,
+        )
+        .unwrap();
+        let config = Config::merge(file, &Options::default()).unwrap();
+        assert_eq!(config.stream, "from-file");
+        assert_eq!(config.linger, Duration::from_millis(50));
+        assert_eq!(config.inputs[0].format, "json");
+        assert_eq!(config.inputs[1].format, "celery");
+
+        let file: FileConfig =
+            toml::from_str("stream = \"f\"\n[[input]]\npaths = [\"b.log\"]\nformat = \"celery\"\n")
+                .unwrap();
+        let flags = Options {
+            format: Some("raw".into()),
+            stream: Some("flag".into()),
+            ..Options::default()
+        };
+        let config = Config::merge(file, &flags).unwrap();
+        assert_eq!(config.stream, "flag");
+        assert_eq!(config.inputs[0].format, "raw");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shipper.toml");
+        std::fs::write(&path, "stream = \"s\"\nlingr_ms = 5\n").unwrap();
+        let error = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("lingr_ms"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+    }
+}

@@ -24,6 +24,7 @@ pub mod config;
 pub mod parse;
 pub mod partition_key;
 pub mod pipeline;
+
 pub mod record;
 pub mod shard_map;
 pub mod sinks;

@@ -1,1 +1,95 @@
-fn main() {}
+//! The `shipper` binary: parse the command line, set up logging and the runtime, run, and map
+//! errors to exit codes (0 clean stop, 64 bad usage or config, 1 runtime failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use shipper::cli::{Cli, Command};
+use shipper::config::{Config, FileConfig};
+use shipper::{pipeline, telemetry};
+
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let config = match cli.command {
+        Command::Tail(args) => Config::from_tail(args.paths, &args.options),
+        Command::Run(args) => FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options)),
+        Command::Validate(args) => {
+            return match FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options)) {
+                Ok(config) => match toml::to_string_pretty(&config) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("error: cannot print the settings: {error}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match pipeline::run(config, shutdown).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %error, "shipper failed");
+                eprintln!("error: {error}");
+                if error.is_config() { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
+            }
+        }
+    })
+}
+
+/// The first SIGTERM or SIGINT starts a graceful stop; a second one exits at once (the checkpoint
+/// on disk still protects every undelivered line).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!("stop requested");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second stop signal: exiting at once");
+            std::process::exit(1);
+        }
+    }
+}

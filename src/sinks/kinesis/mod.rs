@@ -1,1 +1,176 @@
-//! Kinesis sink.
+//! The Kinesis sink: sends batches with PutRecords and drives acknowledgements from every entry's
+//! result.
+//!
+//! A PutRecords call can succeed while some of its entries fail. Each entry's result is read (the
+//! response's FailedRecordCount is not trusted); delivered entries are acknowledged, failed entries
+//! are retried alone after a backoff, for as long as it takes when the failure is transient. Records
+//! refused permanently go to the dead-letter file, and are acknowledged only once written there.
+
+pub mod client;
+pub mod dead_letter;
+pub mod error;
+pub mod retry;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::ack;
+use crate::batch::Batch;
+use crate::record::Record;
+use crate::telemetry::Metrics;
+
+pub use dead_letter::DeadLetter;
+pub use error::{ErrorClass, SendError, classify_code};
+pub use retry::RetryPolicy;
+pub use transport::{EntryResult, SdkTransport, Transport, check_stream};
+
+/// After this many consecutive failed attempts of one batch, a retriable failure is logged at ERROR:
+/// nothing is lost yet, but an operator should look.
+const LOUD_AFTER_ATTEMPTS: u32 = 10;
+
+pub struct Sink<T> {
+    transport: T,
+    stream: String,
+    retry: RetryPolicy,
+    dead_letter: DeadLetter,
+    metrics: Arc<Metrics>,
+}
+
+impl<T: Transport> Sink<T> {
+    pub fn new(
+        transport: T,
+        stream: String,
+        retry: RetryPolicy,
+        dead_letter: DeadLetter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Sink {
+            transport,
+            stream,
+            retry,
+            dead_letter,
+            metrics,
+        }
+    }
+
+    /// Deliver `batch`: returns when every record is acknowledged or dead-lettered, or when `stop` is
+    /// cancelled (the records left are then not acknowledged, and a restart reads them again).
+    pub async fn send(&self, batch: Batch, stop: &CancellationToken) {
+        let mut pending = batch.records;
+        let mut backoff = self.retry.backoff();
+        let mut failed_attempts = 0u32;
+        while !pending.is_empty() {
+            Metrics::add(&self.metrics.put_records_requests_total, 1);
+            let outcome = tokio::select! {
+                outcome = self.transport.put_records(&pending) => outcome,
+                () = stop.cancelled() => return,
+            };
+            pending = match outcome {
+                Ok(results) => self.settle(pending, results),
+                Err(error) => {
+                    Metrics::add(&self.metrics.put_records_failed_requests_total, 1);
+                    self.metrics.failed(&error.code, 1);
+                    if error.is_throttle() {
+                        Metrics::add(&self.metrics.throttled_total, 1);
+                    }
+                    if !error.is_retriable() {
+                        error!(stream = %self.stream, error = %error, records = pending.len(), "kinesis refused the request permanently; writing the records to the dead-letter file");
+                        self.dead_letter(&error.code, &error.message, pending);
+                        return;
+                    }
+                    if error.class == ErrorClass::Credentials
+                        || failed_attempts >= LOUD_AFTER_ATTEMPTS
+                    {
+                        error!(stream = %self.stream, error = %error, records = pending.len(), attempts = failed_attempts + 1, "putrecords keeps failing; retrying");
+                    } else {
+                        warn!(stream = %self.stream, error = %error, records = pending.len(), "putrecords failed; retrying");
+                    }
+                    pending
+                }
+            };
+            if pending.is_empty() {
+                break;
+            }
+            failed_attempts += 1;
+            Metrics::add(&self.metrics.records_retried_total, pending.len() as u64);
+            let delay = backoff.next_delay();
+            debug!(records = pending.len(), ?delay, "retrying failed entries");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Acknowledge delivered entries, dead-letter permanent failures, give back the entries to retry.
+    fn settle(&self, records: Vec<Record>, results: Vec<EntryResult>) -> Vec<Record> {
+        let mut delivered = Vec::with_capacity(records.len());
+        let mut retry = Vec::new();
+        let mut delivered_bytes = 0u64;
+        for (record, result) in records.into_iter().zip(results) {
+            match result {
+                EntryResult::Delivered => {
+                    delivered_bytes += record.data.len() as u64;
+                    delivered.push(record.ack);
+                }
+                EntryResult::Failed { code, message } => {
+                    self.metrics.failed(&code, 1);
+                    match classify_code(&code) {
+                        ErrorClass::Permanent => {
+                            error!(stream = %self.stream, error_code = %code, error = %message, "kinesis refused a record permanently; writing it to the dead-letter file");
+                            self.dead_letter(&code, &message, vec![record]);
+                        }
+                        class => {
+                            if class == ErrorClass::Throttled {
+                                Metrics::add(&self.metrics.throttled_total, 1);
+                            }
+                            retry.push(record);
+                        }
+                    }
+                }
+            }
+        }
+        Metrics::add(&self.metrics.records_sent_total, delivered.len() as u64);
+        Metrics::add(&self.metrics.bytes_sent_total, delivered_bytes);
+        ack::ack_all(delivered);
+        retry
+    }
+
+    fn dead_letter(&self, code: &str, message: &str, records: Vec<Record>) {
+        match self
+            .dead_letter
+            .write(&self.stream, code, message, &records)
+        {
+            Ok(()) => {
+                Metrics::add(
+                    &self.metrics.records_dead_lettered_total,
+                    records.len() as u64,
+                );
+                ack::ack_all(records.into_iter().map(|record| record.ack));
+            }
+            // Not acknowledged: the checkpoint stays before these records and a restart retries them.
+            Err(io_error) => error!(
+                path = %self.dead_letter.path().display(),
+                error = %io_error,
+                records = records.len(),
+                "cannot write the dead-letter file; the records stay unacknowledged"
+            ),
+        }
+    }
+
+    /// A record over the per-record limit, which Kinesis would refuse: dead-letter it.
+    pub fn oversize(&self, record: Record) {
+        error!(stream = %self.stream, bytes = record.size(), "record over the size limit; writing it to the dead-letter file");
+        self.dead_letter(
+            "RecordTooLarge",
+            "record over the per-record size limit",
+            vec![record],
+        );
+    }
+}

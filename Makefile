@@ -1,0 +1,37 @@
+# Entry points. `make demo` shows the shipper working against a local LocalStack; `make test` runs
+# every test (unit, property, LocalStack integration, crash, chart and Dockerfile lint).
+
+.PHONY: all build release demo test test-unit lint localstack-up localstack-down bench clean
+
+all: build
+
+build:
+	cargo build
+
+release:
+	cargo build --release
+
+demo:
+	scripts/demo.sh
+
+test:
+	scripts/test.sh
+
+test-unit:
+	cargo test --lib
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+localstack-up:
+	localstack/start.sh
+
+localstack-down:
+	localstack/stop.sh
+
+bench:
+	scripts/bench.sh
+
+clean:
+	cargo clean

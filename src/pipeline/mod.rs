@@ -1,0 +1,299 @@
+//! Wires the stages together and drives a graceful stop.
+//!
+//! ```text
+//! file source thread (one per input) ─chunks─▶ batcher task ─batches─▶ send tasks (≤ concurrency)
+//!        ▲ offsets from checkpoints                                         │ acks
+//!        └──────────── checkpointer task ◀── ack registry ◀─────────────────┘
+//! ```
+//! All channels are bounded: when Kinesis is slow, send permits run out, the batcher stops reading,
+//! the chunk channel fills, and the file source blocks. The file is the buffer.
+
+pub mod records;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::ack::Registry;
+use crate::batch::{self, Batch, Dispatch};
+use crate::checkpoint;
+use crate::config::{self, Config};
+use crate::record::Record;
+use crate::sinks::kinesis::{self, DeadLetter, RetryPolicy, SdkTransport, Sink};
+use crate::sinks::stdout::StdoutSink;
+use crate::sources::file::{FileSource, FileSourceConfig, LongLinePolicy, ReadFrom};
+use crate::telemetry::Metrics;
+
+use records::{KeySource, RecordBuilder};
+
+/// Chunks of records between the file sources and the batcher.
+const CHUNK_CHANNEL_CAPACITY: usize = 8;
+/// How often changed checkpoints are written while running.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("data dir {0} is in use by another shipper")]
+    DataDirLocked(PathBuf),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    #[error("stream {stream} not found ({error}); create it or fix --stream, --region or --endpoint-url")]
+    StreamNotFound { stream: String, error: String },
+    #[error("cannot start the file source thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Error {
+    /// Bad usage or configuration (exit 64) rather than a runtime failure (exit 1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+}
+
+/// What a run did, for the stop summary and for tests.
+#[derive(Debug)]
+pub struct Summary {
+    pub metrics: Arc<Metrics>,
+    /// True when the grace period ran out with records still unacknowledged.
+    pub grace_expired: bool,
+}
+
+/// Run until `shutdown` is cancelled, then drain within the grace period.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary, Error> {
+    let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::default());
+    let (_lock, initial) = if config.dry_run {
+        (None, Vec::new())
+    } else {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let initial = checkpoint::load(&config.data_dir)?.map(|c| c.files).unwrap_or_default();
+        (Some(lock), initial)
+    };
+
+    let sink = if config.dry_run {
+        Output::Stdout(StdoutSink::new())
+    } else {
+        let client = kinesis::client::build(config.region.as_deref(), config.endpoint_url.as_deref())
+            .await
+            .map_err(|error| Error::Config(error.to_string()))?;
+        kinesis::check_stream(&client, &config.stream)
+            .await
+            .map_err(|error| Error::StreamNotFound { stream: config.stream.clone(), error: error.to_string() })?;
+        Output::Kinesis(Sink::new(
+            SdkTransport::new(client, config.stream.clone()),
+            config.stream.clone(),
+            RetryPolicy::default(),
+            DeadLetter::new(&config.data_dir),
+            Arc::clone(&metrics),
+        ))
+    };
+
+    let stop_sources = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
+    let mut threads = Vec::new();
+    for (index, input) in config.inputs.iter().enumerate() {
+        let source = FileSource::new(
+            FileSourceConfig {
+                include: input.paths.clone(),
+                read_from: match input.read_from {
+                    config::ReadFrom::Beginning => ReadFrom::Beginning,
+                    config::ReadFrom::End => ReadFrom::End,
+                },
+                max_line_bytes: config.limits.max_data_bytes(),
+                long_lines: match config.long_lines {
+                    config::LongLinePolicy::Split => LongLinePolicy::Split,
+                    config::LongLinePolicy::Truncate => LongLinePolicy::Truncate,
+                },
+                ..FileSourceConfig::default()
+            },
+            Arc::clone(&registry),
+            initial.clone(),
+        );
+        let mut builder = RecordBuilder::new(
+            tx.clone(),
+            key_source(&input.partition_key),
+            config.limits.max_data_bytes(),
+            Arc::clone(&metrics),
+        );
+        let cancel = stop_sources.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shipper-input-{index}"))
+            .spawn(move || {
+                source.run(cancel, &mut builder);
+                // Whatever was read goes on to the batcher, even when stopping.
+                let _ = builder.flush();
+            })
+            .map_err(Error::Thread)?;
+        threads.push(thread);
+    }
+    drop(tx);
+    info!(stream = %config.stream, inputs = config.inputs.len(), dry_run = config.dry_run, "shipper started");
+
+    let sink = Arc::new(sink);
+    let hard_stop = CancellationToken::new();
+    let senders = TaskTracker::new();
+    let batcher = {
+        let mut dispatch = Dispatcher {
+            sink: Arc::clone(&sink),
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            senders: senders.clone(),
+            hard_stop: hard_stop.clone(),
+        };
+        let (limits, linger) = (config.limits, config.linger);
+        tokio::spawn(async move { batch::run(rx, limits, linger, &mut dispatch).await })
+    };
+    let checkpointer = (!config.dry_run).then(|| {
+        let registry = Arc::clone(&registry);
+        let dir = config.data_dir.clone();
+        let stop = hard_stop.clone();
+        tokio::spawn(async move { checkpoint_loop(registry, dir, stop).await })
+    });
+
+    shutdown.cancelled().await;
+    info!(grace_period = ?config.grace_period, "stopping: delivering what was read");
+    stop_sources.cancel();
+    let drain = async {
+        for thread in threads {
+            // The thread ends once it sees the cancellation or its channel closes.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let _ = batcher.await;
+        senders.close();
+        senders.wait().await;
+    };
+    let grace_expired = tokio::time::timeout(config.grace_period, drain).await.is_err();
+    if grace_expired {
+        warn!("grace period over with records in flight; they are not checkpointed and will be sent again after a restart");
+    }
+    hard_stop.cancel();
+    senders.close();
+    senders.wait().await;
+    if let Some(checkpointer) = checkpointer {
+        let _ = checkpointer.await;
+        let files = registry.snapshot();
+        let dir = config.data_dir.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::store(&dir, files)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(store_error)) => error!(error = %store_error, "cannot write the final checkpoint"),
+            Err(join_error) => error!(error = %join_error, "checkpoint writer failed"),
+        }
+    }
+    let counters = metrics.counters();
+    info!(?counters, "shipper stopped");
+    Ok(Summary { metrics, grace_expired })
+}
+
+enum Output {
+    Kinesis(Sink<SdkTransport>),
+    Stdout(StdoutSink),
+}
+
+impl Output {
+    async fn send(&self, batch: Batch, stop: &CancellationToken) {
+        match self {
+            Output::Kinesis(sink) => sink.send(batch, stop).await,
+            Output::Stdout(sink) => sink.send(batch),
+        }
+    }
+
+    fn oversize(&self, record: Record) {
+        match self {
+            Output::Kinesis(sink) => sink.oversize(record),
+            Output::Stdout(sink) => sink.send(Batch { bytes: record.size(), records: vec![record] }),
+        }
+    }
+}
+
+/// Hands each batch to its own send task, at most `concurrency` at once.
+struct Dispatcher {
+    sink: Arc<Output>,
+    permits: Arc<Semaphore>,
+    senders: TaskTracker,
+    hard_stop: CancellationToken,
+}
+
+impl Dispatch for Dispatcher {
+    async fn batch(&mut self, batch: Batch) {
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
+        let sink = Arc::clone(&self.sink);
+        let stop = self.hard_stop.clone();
+        self.senders.spawn(async move {
+            sink.send(batch, &stop).await;
+            drop(permit);
+        });
+    }
+
+    async fn oversize(&mut self, record: Record) {
+        self.sink.oversize(record);
+    }
+}
+
+/// Write the checkpoints whenever they changed, until `stop`.
+async fn checkpoint_loop(registry: Arc<Registry>, dir: PathBuf, stop: CancellationToken) {
+    let mut last = None;
+    let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let files = registry.snapshot();
+        if last.as_ref() == Some(&files) {
+            continue;
+        }
+        let (dir, to_store) = (dir.clone(), files.clone());
+        match tokio::task::spawn_blocking(move || checkpoint::store(&dir, to_store)).await {
+            Ok(Ok(())) => last = Some(files),
+            Ok(Err(store_error)) => warn!(error = %store_error, "cannot write checkpoints; retrying"),
+            Err(join_error) => warn!(error = %join_error, "checkpoint writer failed; retrying"),
+        }
+    }
+}
+
+/// Create the data dir and take its lock file, so two shippers never share checkpoints.
+fn lock_data_dir(dir: &Path) -> Result<File, Error> {
+    let io = |source| Error::DataDir { path: dir.to_path_buf(), source };
+    fs::create_dir_all(dir).map_err(io)?;
+    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
+/// Placeholder key choice until templates are wired: `{random}` or a fixed key.
+struct SimpleKeys {
+    fixed: Option<String>,
+    state: u64,
+}
+
+impl KeySource for SimpleKeys {
+    fn key(&mut self, _data: &[u8]) -> String {
+        if let Some(fixed) = &self.fixed {
+            return fixed.clone();
+        }
+        // xorshift64*: cheap and well spread, which is all a partition key needs.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        format!("{:016x}", self.state.wrapping_mul(0x2545_f491_4f6c_dd1d))
+    }
+}
+
+fn key_source(template: &str) -> SimpleKeys {
+    let fixed = (template != "{random}").then(|| template.to_string());
+    SimpleKeys { fixed, state: rand::random::<u64>() | 1 }
+}

@@ -1,0 +1,242 @@
+//! Retry and acknowledgement behaviour of the sink, against a scripted transport.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::ack::{FileId, FileProgress, Fingerprint};
+
+/// Answers each call with the next scripted outcome, recording which records it was sent.
+#[derive(Default)]
+struct Scripted {
+    outcomes: Mutex<VecDeque<Result<Vec<EntryResult>, SendError>>>,
+    calls: Mutex<Vec<Vec<Vec<u8>>>>,
+}
+
+impl Transport for Arc<Scripted> {
+    async fn put_records(&self, records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(records.iter().map(|r| r.data.clone()).collect());
+        let next = self.outcomes.lock().unwrap().pop_front();
+        next.unwrap_or_else(|| Ok(vec![EntryResult::Delivered; records.len()]))
+    }
+}
+
+fn failed(code: &str) -> EntryResult {
+    EntryResult::Failed {
+        code: code.into(),
+        message: "scripted".into(),
+    }
+}
+
+fn request_error(class: ErrorClass, code: &str) -> SendError {
+    SendError {
+        class,
+        code: code.into(),
+        message: "scripted".into(),
+    }
+}
+
+struct Fixture {
+    transport: Arc<Scripted>,
+    sink: Sink<Arc<Scripted>>,
+    progress: Arc<FileProgress>,
+    metrics: Arc<Metrics>,
+    dir: tempfile::TempDir,
+}
+
+fn fixture(outcomes: Vec<Result<Vec<EntryResult>, SendError>>) -> Fixture {
+    let transport = Arc::new(Scripted {
+        outcomes: Mutex::new(outcomes.into()),
+        ..Scripted::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let sink = Sink::new(
+        Arc::clone(&transport),
+        "test-stream".into(),
+        RetryPolicy::default(),
+        DeadLetter::new(dir.path()),
+        Arc::clone(&metrics),
+    );
+    let progress = FileProgress::new(
+        FileId { dev: 1, ino: 1 },
+        "/w.log".into(),
+        Fingerprint::default(),
+        0,
+    );
+    Fixture {
+        transport,
+        sink,
+        progress,
+        metrics,
+        dir,
+    }
+}
+
+/// Records "r0".."rN", each covering 10 bytes of the file.
+fn batch(progress: &Arc<FileProgress>, n: usize) -> Batch {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            data: format!("r{i}").into_bytes(),
+            partition_key: "k".into(),
+            ack: progress.token(i as u64 * 10, i as u64 * 10 + 10),
+        })
+        .collect();
+    let bytes = records.iter().map(Record::size).sum();
+    Batch { records, bytes }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_failed_entries_are_retried_until_delivered() {
+    let f = fixture(vec![
+        Ok(vec![
+            EntryResult::Delivered,
+            failed("ProvisionedThroughputExceededException"),
+            failed("InternalFailure"),
+        ]),
+        Ok(vec![
+            failed("ProvisionedThroughputExceededException"),
+            EntryResult::Delivered,
+        ]),
+    ]);
+    f.sink
+        .send(batch(&f.progress, 3), &CancellationToken::new())
+        .await;
+    let calls = f.transport.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            vec![b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec()],
+            vec![b"r1".to_vec(), b"r2".to_vec()],
+            vec![b"r1".to_vec()],
+        ]
+    );
+    assert_eq!(f.progress.committed(), 30);
+    assert_eq!(Metrics::get(&f.metrics.records_sent_total), 3);
+    assert_eq!(Metrics::get(&f.metrics.records_retried_total), 3);
+    assert_eq!(Metrics::get(&f.metrics.throttled_total), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoint_waits_for_a_retried_head_entry() {
+    let f = fixture(vec![Ok(vec![
+        failed("InternalFailure"),
+        EntryResult::Delivered,
+    ])]);
+    let stop = CancellationToken::new();
+    let progress = Arc::clone(&f.progress);
+    // Cancel during the backoff sleep: the second record is acknowledged, the first is not.
+    let sending = f.sink.send(batch(&f.progress, 2), &stop);
+    tokio::pin!(sending);
+    tokio::select! {
+        () = &mut sending => panic!("finished despite a failed entry"),
+        () = tokio::time::sleep(Duration::from_millis(1)) => {}
+    }
+    assert_eq!(
+        progress.committed(),
+        0,
+        "the delivered record is past a gap"
+    );
+    stop.cancel();
+    sending.await;
+    assert_eq!(progress.committed(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn whole_call_failures_retry_without_limit() {
+    let mut outcomes = Vec::new();
+    for _ in 0..25 {
+        outcomes.push(Err(request_error(ErrorClass::Transient, "InternalFailure")));
+        outcomes.push(Err(request_error(
+            ErrorClass::Throttled,
+            "ProvisionedThroughputExceededException",
+        )));
+    }
+    let f = fixture(outcomes);
+    f.sink
+        .send(batch(&f.progress, 2), &CancellationToken::new())
+        .await;
+    assert_eq!(f.transport.calls.lock().unwrap().len(), 51);
+    assert_eq!(f.progress.committed(), 20);
+    assert_eq!(
+        Metrics::get(&f.metrics.put_records_failed_requests_total),
+        50
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failures_go_to_the_dead_letter_file_and_are_acknowledged() {
+    let f = fixture(vec![
+        Ok(vec![
+            failed("KMSDisabledException"),
+            EntryResult::Delivered,
+            failed("InternalFailure"),
+        ]),
+        Err(request_error(
+            ErrorClass::Permanent,
+            "AccessDeniedException",
+        )),
+    ]);
+    f.sink
+        .send(batch(&f.progress, 3), &CancellationToken::new())
+        .await;
+    assert_eq!(
+        f.progress.committed(),
+        30,
+        "dead-lettered records no longer hold the checkpoint"
+    );
+    let text = std::fs::read_to_string(f.dir.path().join(dead_letter::FILE_NAME)).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["error_code"], "KMSDisabledException");
+    assert_eq!(lines[0]["data"], "r0");
+    assert_eq!(lines[0]["start"], 0);
+    assert_eq!(lines[1]["error_code"], "AccessDeniedException");
+    assert_eq!(lines[1]["data"], "r2");
+    assert_eq!(lines[1]["file"], "/w.log");
+    assert_eq!(Metrics::get(&f.metrics.records_dead_lettered_total), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn binary_records_are_dead_lettered_as_base64() {
+    let f = fixture(vec![Ok(vec![failed("KMSNotFoundException")])]);
+    let record = Record {
+        data: vec![0xff, 0x00, 0xfe],
+        partition_key: "k".into(),
+        ack: f.progress.token(0, 4),
+    };
+    f.sink
+        .send(
+            Batch {
+                bytes: record.size(),
+                records: vec![record],
+            },
+            &CancellationToken::new(),
+        )
+        .await;
+    let text = std::fs::read_to_string(f.dir.path().join(dead_letter::FILE_NAME)).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["data_base64"], "/wD+");
+    assert!(line.get("data").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unwritable_dead_letter_file_leaves_records_unacknowledged() {
+    let f = fixture(vec![Ok(vec![failed("AccessDeniedException")])]);
+    // A directory where the file should be makes every write fail.
+    std::fs::create_dir(f.dir.path().join(dead_letter::FILE_NAME)).unwrap();
+    f.sink
+        .send(batch(&f.progress, 1), &CancellationToken::new())
+        .await;
+    assert_eq!(f.progress.committed(), 0);
+    assert_eq!(Metrics::get(&f.metrics.records_dead_lettered_total), 0);
+}

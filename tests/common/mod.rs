@@ -1,0 +1,252 @@
+//! Shared helpers for the integration tests: LocalStack, streams, the shipper process, reading back.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::types::ShardIteratorType;
+
+pub const REGION: &str = "us-east-1";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Start LocalStack on `port` (once per port per test binary) with extra environment, and return
+/// its endpoint. The start script is idempotent and reuses a running instance.
+pub fn localstack(port: u16, env: &[(&str, &str)]) -> String {
+    static STARTED: OnceLock<Mutex<Vec<u16>>> = OnceLock::new();
+    let started = STARTED.get_or_init(|| Mutex::new(Vec::new()));
+    let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
+    if !started.contains(&port) {
+        let status = Command::new(repo_root().join("localstack/start.sh"))
+            .env("LOCALSTACK_PORT", port.to_string())
+            .envs(env.iter().copied())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("run localstack/start.sh");
+        assert!(status.success(), "localstack/start.sh failed for port {port}");
+        started.push(port);
+    }
+    format!("http://127.0.0.1:{port}")
+}
+
+pub fn default_localstack() -> String {
+    localstack(4566, &[])
+}
+
+pub fn aws_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", REGION),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+pub async fn client(endpoint: &str) -> Client {
+    let credentials = aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
+    let config = aws_sdk_kinesis::config::Builder::new()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .region(aws_sdk_kinesis::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .build();
+    Client::from_conf(config)
+}
+
+/// A stream name no other test uses.
+pub fn unique_stream(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+pub async fn create_stream(client: &Client, name: &str, shards: i32) {
+    client.create_stream().stream_name(name).shard_count(shards).send().await.expect("create stream");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let summary = client.describe_stream_summary().stream_name(name).send().await;
+        if let Ok(summary) = summary {
+            if summary.stream_description_summary().map(|d| d.stream_status().as_str()) == Some("ACTIVE") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "stream {name} did not become ACTIVE");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One record read back: its shard and data.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub shard: String,
+    pub key: String,
+    pub data: Vec<u8>,
+}
+
+/// Reads every shard of a stream from the start, keeping its place between calls.
+pub struct StreamReader {
+    client: Client,
+    stream: String,
+    iterators: HashMap<String, Option<String>>,
+    pub records: Vec<ReadRecord>,
+}
+
+impl StreamReader {
+    pub async fn new(client: &Client, stream: &str) -> StreamReader {
+        let shards = client.list_shards().stream_name(stream).send().await.expect("list shards");
+        let mut iterators = HashMap::new();
+        for shard in shards.shards() {
+            let iterator = client
+                .get_shard_iterator()
+                .stream_name(stream)
+                .shard_id(shard.shard_id())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .expect("get shard iterator");
+            iterators.insert(shard.shard_id().to_string(), iterator.shard_iterator().map(String::from));
+        }
+        StreamReader { client: client.clone(), stream: stream.to_string(), iterators, records: Vec::new() }
+    }
+
+    /// Read what arrived since the last call.
+    pub async fn poll(&mut self) {
+        for (shard, iterator) in self.iterators.iter_mut() {
+            while let Some(current) = iterator.clone() {
+                let output = match self.client.get_records().shard_iterator(&current).limit(10_000).send().await {
+                    Ok(output) => output,
+                    Err(error) => panic!("get records on {}: {error:?}", self.stream),
+                };
+                let got = output.records().len();
+                for record in output.records() {
+                    self.records.push(ReadRecord {
+                        shard: shard.clone(),
+                        key: record.partition_key().to_string(),
+                        data: record.data().as_ref().to_vec(),
+                    });
+                }
+                *iterator = output.next_shard_iterator().map(String::from);
+                if got == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Poll until at least `n` records arrived, or panic after `timeout`.
+    pub async fn wait_for(&mut self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.poll().await;
+            if self.records.len() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {} of {n} records arrived in {timeout:?}", self.records.len());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn texts(&self) -> Vec<String> {
+        self.records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect()
+    }
+}
+
+/// A running shipper process whose log lines are collected.
+pub struct Shipper {
+    pub child: Child,
+    log_rx: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Shipper {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Shipper {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shipper"))
+            .args(args)
+            .envs(aws_env())
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shipper");
+        let (tx, log_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("shipper: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Shipper { child, log_rx, log: Vec::new() }
+    }
+
+    /// Wait for a log line containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log_rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line containing {needle:?} within {timeout:?}; log: {:#?}", self.log),
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit and return its code.
+    pub fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.log_rx.recv_timeout(Duration::from_secs(1)) {
+                    self.log.push(line);
+                }
+                return (status.code(), self.log);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("shipper did not exit within {timeout:?}; log: {:#?}", self.log);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Append numbered lines `from..to` to `path`: "line-000042 <payload>".
+pub fn append_lines(path: &Path, from: usize, to: usize) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut text = String::new();
+    for i in from..to {
+        text.push_str(&format!("line-{i:06} payload for line {i}\n"));
+    }
+    file.write_all(text.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// The line numbers found in records, in arrival order.
+pub fn line_numbers(texts: &[String]) -> Vec<usize> {
+    texts.iter().filter_map(|t| t.strip_prefix("line-")?.get(..6)?.parse().ok()).collect()
+}
