@@ -1,0 +1,276 @@
+//! Finding files: glob expansion, sorting matched paths into files and problems, and looking for a
+//! checkpointed file that was renamed away while the shipper was down.
+//!
+//! A path's problem (permission denied, a directory, a FIFO, a dangling symlink...) is logged and
+//! counted once, when it first appears or changes, not at every rescan; it is forgotten when the
+//! path opens or stops matching.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, warn};
+
+use super::FileSourceStats;
+use crate::ack::{FileCheckpoint, FileId};
+
+/// Why a matched path is not being read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Problem {
+    /// Gone between listing and opening, or a dangling symlink.
+    Vanished,
+    PermissionDenied,
+    Directory,
+    /// FIFO, socket, device.
+    Special,
+    Other(io::ErrorKind),
+}
+
+impl Problem {
+    pub(super) fn from_error(error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::NotFound => Problem::Vanished,
+            io::ErrorKind::PermissionDenied => Problem::PermissionDenied,
+            kind => Problem::Other(kind),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Problems {
+    by_path: HashMap<PathBuf, Problem>,
+}
+
+impl Problems {
+    /// Record `problem` for `path`; log and count it unless it was already known.
+    pub(super) fn note(
+        &mut self,
+        path: &Path,
+        problem: Problem,
+        detail: Option<&io::Error>,
+        stats: &mut FileSourceStats,
+    ) {
+        if self.by_path.get(path) == Some(&problem) {
+            return;
+        }
+        self.by_path.insert(path.to_path_buf(), problem);
+        let path = path.display();
+        let error = detail.map(ToString::to_string).unwrap_or_default();
+        match problem {
+            Problem::Vanished => {
+                stats.vanished += 1;
+                debug!(%path, %error, "matched path vanished before it could be opened");
+            }
+            Problem::PermissionDenied => {
+                stats.permission_denied += 1;
+                warn!(%path, %error, "permission denied, retrying at each rescan");
+            }
+            Problem::Directory => {
+                stats.skipped_directories += 1;
+                debug!(%path, "skipping a directory matched by the globs");
+            }
+            Problem::Special => {
+                stats.skipped_special += 1;
+                debug!(%path, "skipping a path that is not a regular file");
+            }
+            Problem::Other(_) => {
+                stats.open_errors += 1;
+                warn!(%path, %error, "cannot open matched file, retrying at each rescan");
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self, path: &Path) {
+        self.by_path.remove(path);
+    }
+
+    /// Forget problems of paths that no longer match.
+    pub(super) fn retain_matched(&mut self, matched: &HashSet<PathBuf>) {
+        self.by_path.retain(|path, _| matched.contains(path));
+    }
+}
+
+/// True when `pattern` holds glob syntax.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
+/// Every path the patterns match now, sorted and deduplicated. Literal paths are included when
+/// an entry exists at them (a dangling symlink is reported by the caller's stat).
+pub(super) fn expand(
+    include: &[String],
+    problems: &mut Problems,
+    stats: &mut FileSourceStats,
+) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for pattern in include {
+        if !is_glob(pattern) {
+            let path = PathBuf::from(pattern);
+            if fs::symlink_metadata(&path).is_ok() {
+                paths.push(path);
+            }
+            continue;
+        }
+        let entries = match glob::glob(pattern) {
+            Ok(entries) => entries,
+            Err(error) => {
+                let io_error = io::Error::new(io::ErrorKind::InvalidInput, error.to_string());
+                problems.note(
+                    Path::new(pattern),
+                    Problem::Other(io::ErrorKind::InvalidInput),
+                    Some(&io_error),
+                    stats,
+                );
+                continue;
+            }
+        };
+        for entry in entries {
+            match entry {
+                Ok(path) => paths.push(path),
+                // A directory on the way could not be read.
+                Err(error) => {
+                    let path = error.path().to_path_buf();
+                    let io_error: io::Error = error.into();
+                    problems.note(
+                        &path,
+                        Problem::from_error(&io_error),
+                        Some(&io_error),
+                        stats,
+                    );
+                }
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+pub(super) fn file_id(meta: &Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// Follow symlinks and classify: a regular file's metadata, or why it is skipped.
+pub(super) fn stat(path: &Path) -> Result<Metadata, (Problem, Option<io::Error>)> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(meta),
+        Ok(meta) if meta.is_dir() => Err((Problem::Directory, None)),
+        Ok(_) => Err((Problem::Special, None)),
+        Err(error) => Err((Problem::from_error(&error), Some(error))),
+    }
+}
+
+/// Open for reading without ever blocking: if the path was swapped for a FIFO after it was
+/// stat'ed, a plain open would wait for a writer.
+pub(super) fn open(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    options.custom_flags(O_NONBLOCK);
+    options.open(path)
+}
+
+// O_NONBLOCK as Linux defines it on the architectures this runs on (the libc crate is not a
+// dependency); it has no effect on reads of regular files.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "x86",
+        target_arch = "arm"
+    )
+))]
+const O_NONBLOCK: i32 = 0o4000;
+// Elsewhere no flag: the stat before the open already keeps FIFOs out.
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "x86",
+        target_arch = "arm"
+    )
+)))]
+const O_NONBLOCK: i32 = 0;
+
+/// Look for the file of `checkpoint` next to its old path (and next to the symlink target, when
+/// the path is a link): a rotation renamed it while the shipper was down.
+pub(super) fn find_renamed(checkpoint: &FileCheckpoint) -> Option<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(parent) = checkpoint.path.parent() {
+        dirs.push(parent.to_path_buf());
+    }
+    if let Ok(real) = fs::canonicalize(&checkpoint.path)
+        && let Some(parent) = real.parent()
+        && !dirs.iter().any(|d| d == parent)
+    {
+        dirs.push(parent.to_path_buf());
+    }
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // Not following symlinks: the checkpointed inode is the file itself.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_file() && file_id(&meta) == checkpoint.id {
+                return Some(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// The deepest directory of `pattern` without glob syntax, for the watcher.
+pub(super) fn literal_dir(pattern: &str) -> Option<PathBuf> {
+    let path = Path::new(pattern);
+    let mut literal = PathBuf::new();
+    for component in path.components() {
+        if is_glob(&component.as_os_str().to_string_lossy()) {
+            return Some(literal);
+        }
+        literal.push(component);
+    }
+    // A literal file path: watch its directory.
+    path.parent().map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_dir_stops_at_the_first_glob_component() {
+        assert_eq!(
+            literal_dir("/var/log/pods/*/*/0.log"),
+            Some(PathBuf::from("/var/log/pods"))
+        );
+        assert_eq!(
+            literal_dir("/var/log/worker/*.log"),
+            Some(PathBuf::from("/var/log/worker"))
+        );
+        assert_eq!(literal_dir("/a/b.log"), Some(PathBuf::from("/a")));
+    }
+
+    #[test]
+    fn a_problem_is_counted_once_until_it_changes() {
+        let mut problems = Problems::default();
+        let mut stats = FileSourceStats::default();
+        let path = Path::new("/x");
+        for _ in 0..3 {
+            problems.note(path, Problem::PermissionDenied, None, &mut stats);
+        }
+        assert_eq!(stats.permission_denied, 1);
+        problems.note(path, Problem::Vanished, None, &mut stats);
+        problems.clear(path);
+        problems.note(path, Problem::PermissionDenied, None, &mut stats);
+        assert_eq!((stats.permission_denied, stats.vanished), (2, 1));
+    }
+}
