@@ -32,21 +32,45 @@ pub struct RecordBuilder<K> {
 }
 
 impl<K: KeySource> RecordBuilder<K> {
-    pub fn new(tx: mpsc::Sender<Vec<Record>>, keys: K, max_data_bytes: usize, metrics: Arc<Metrics>) -> Self {
-        RecordBuilder { tx, keys, max_data_bytes, metrics, chunk: Vec::with_capacity(CHUNK_RECORDS), chunk_bytes: 0 }
+    pub fn new(
+        tx: mpsc::Sender<Vec<Record>>,
+        keys: K,
+        max_data_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RecordBuilder {
+            tx,
+            keys,
+            max_data_bytes,
+            metrics,
+            chunk: Vec::with_capacity(CHUNK_RECORDS),
+            chunk_bytes: 0,
+        }
     }
 
-    fn push(&mut self, file: &Arc<FileProgress>, data: Vec<u8>, start: u64, end: u64) -> Result<(), Closed> {
+    fn push(
+        &mut self,
+        file: &Arc<FileProgress>,
+        data: Vec<u8>,
+        start: u64,
+        end: u64,
+    ) -> Result<(), Closed> {
         let data = match String::from_utf8(data) {
             Ok(text) => text.into_bytes(),
             Err(error) => {
                 Metrics::add(&self.metrics.lossy_utf8_total, 1);
-                String::from_utf8_lossy(error.as_bytes()).into_owned().into_bytes()
+                String::from_utf8_lossy(error.as_bytes())
+                    .into_owned()
+                    .into_bytes()
             }
         };
         if data.len() <= self.max_data_bytes {
             let partition_key = self.keys.key(&data);
-            return self.add(Record { data, partition_key, ack: file.token(start, end) });
+            return self.add(Record {
+                data,
+                partition_key,
+                ack: file.token(start, end),
+            });
         }
         // Replacement characters can make a line that fit grow past the limit: cut it at character
         // boundaries. Only the last part carries the line's range, so the checkpoint passes the line
@@ -55,9 +79,17 @@ impl<K: KeySource> RecordBuilder<K> {
         let parts = split_at_char_boundaries(&data, self.max_data_bytes);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
-            let ack = if i == last { file.token(start, end) } else { file.token(start, start) };
+            let ack = if i == last {
+                file.token(start, end)
+            } else {
+                file.token(start, start)
+            };
             let partition_key = self.keys.key(part);
-            self.add(Record { data: part.to_vec(), partition_key, ack })?;
+            self.add(Record {
+                data: part.to_vec(),
+                partition_key,
+                ack,
+            })?;
         }
         Ok(())
     }
@@ -87,8 +119,10 @@ impl<K: KeySource> LineSink for RecordBuilder<K> {
     fn line(&mut self, line: Line<'_>) -> Result<(), Closed> {
         Metrics::add(&self.metrics.lines_read_total, 1);
         Metrics::add(&self.metrics.bytes_read_total, line.end - line.start);
-        if line.kind == LineKind::Truncated {
-            Metrics::add(&self.metrics.lines_truncated_total, 1);
+        match line.kind {
+            LineKind::Truncated => Metrics::add(&self.metrics.lines_truncated_total, 1),
+            LineKind::Fragment => Metrics::add(&self.metrics.records_split_total, 1),
+            LineKind::Complete | LineKind::Partial => {}
         }
         self.push(line.file, line.data.to_vec(), line.start, line.end)
     }
@@ -128,7 +162,12 @@ mod tests {
         let text = "한국어😀abc".repeat(10);
         for max in 4..20 {
             let parts = split_at_char_boundaries(text.as_bytes(), max);
-            assert!(parts.iter().all(|p| p.len() <= max && std::str::from_utf8(p).is_ok()), "max {max}");
+            assert!(
+                parts
+                    .iter()
+                    .all(|p| p.len() <= max && std::str::from_utf8(p).is_ok()),
+                "max {max}"
+            );
             assert_eq!(parts.concat(), text.as_bytes());
         }
     }

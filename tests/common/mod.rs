@@ -32,7 +32,10 @@ pub fn localstack(port: u16, env: &[(&str, &str)]) -> String {
             .stderr(Stdio::inherit())
             .status()
             .expect("run localstack/start.sh");
-        assert!(status.success(), "localstack/start.sh failed for port {port}");
+        assert!(
+            status.success(),
+            "localstack/start.sh failed for port {port}"
+        );
         started.push(port);
     }
     format!("http://127.0.0.1:{port}")
@@ -52,7 +55,8 @@ pub fn aws_env() -> Vec<(&'static str, &'static str)> {
 }
 
 pub async fn client(endpoint: &str) -> Client {
-    let credentials = aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
+    let credentials =
+        aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
     let config = aws_sdk_kinesis::config::Builder::new()
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .region(aws_sdk_kinesis::config::Region::new(REGION))
@@ -64,21 +68,41 @@ pub async fn client(endpoint: &str) -> Client {
 
 /// A stream name no other test uses.
 pub fn unique_stream(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 pub async fn create_stream(client: &Client, name: &str, shards: i32) {
-    client.create_stream().stream_name(name).shard_count(shards).send().await.expect("create stream");
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let summary = client.describe_stream_summary().stream_name(name).send().await;
+        let summary = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await;
         if let Ok(summary) = summary {
-            if summary.stream_description_summary().map(|d| d.stream_status().as_str()) == Some("ACTIVE") {
+            if summary
+                .stream_description_summary()
+                .map(|d| d.stream_status().as_str())
+                == Some("ACTIVE")
+            {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "stream {name} did not become ACTIVE");
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} did not become ACTIVE"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -101,7 +125,12 @@ pub struct StreamReader {
 
 impl StreamReader {
     pub async fn new(client: &Client, stream: &str) -> StreamReader {
-        let shards = client.list_shards().stream_name(stream).send().await.expect("list shards");
+        let shards = client
+            .list_shards()
+            .stream_name(stream)
+            .send()
+            .await
+            .expect("list shards");
         let mut iterators = HashMap::new();
         for shard in shards.shards() {
             let iterator = client
@@ -112,16 +141,31 @@ impl StreamReader {
                 .send()
                 .await
                 .expect("get shard iterator");
-            iterators.insert(shard.shard_id().to_string(), iterator.shard_iterator().map(String::from));
+            iterators.insert(
+                shard.shard_id().to_string(),
+                iterator.shard_iterator().map(String::from),
+            );
         }
-        StreamReader { client: client.clone(), stream: stream.to_string(), iterators, records: Vec::new() }
+        StreamReader {
+            client: client.clone(),
+            stream: stream.to_string(),
+            iterators,
+            records: Vec::new(),
+        }
     }
 
     /// Read what arrived since the last call.
     pub async fn poll(&mut self) {
         for (shard, iterator) in self.iterators.iter_mut() {
             while let Some(current) = iterator.clone() {
-                let output = match self.client.get_records().shard_iterator(&current).limit(10_000).send().await {
+                let output = match self
+                    .client
+                    .get_records()
+                    .shard_iterator(&current)
+                    .limit(10_000)
+                    .send()
+                    .await
+                {
                     Ok(output) => output,
                     Err(error) => panic!("get records on {}: {error:?}", self.stream),
                 };
@@ -129,7 +173,7 @@ impl StreamReader {
                 for record in output.records() {
                     self.records.push(ReadRecord {
                         shard: shard.clone(),
-                        key: record.partition_key().to_string(),
+                        key: record.partition_key().unwrap_or_default().to_string(),
                         data: record.data().as_ref().to_vec(),
                     });
                 }
@@ -149,13 +193,20 @@ impl StreamReader {
             if self.records.len() >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "only {} of {n} records arrived in {timeout:?}", self.records.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} records arrived in {timeout:?}",
+                self.records.len()
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     pub fn texts(&self) -> Vec<String> {
-        self.records.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect()
+        self.records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect()
     }
 }
 
@@ -188,7 +239,11 @@ impl Shipper {
                 }
             }
         });
-        Shipper { child, log_rx, log: Vec::new() }
+        Shipper {
+            child,
+            log_rx,
+            log: Vec::new(),
+        }
     }
 
     /// Wait for a log line containing `needle`.
@@ -206,13 +261,19 @@ impl Shipper {
                         return line;
                     }
                 }
-                Err(_) => panic!("no log line containing {needle:?} within {timeout:?}; log: {:#?}", self.log),
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {timeout:?}; log: {:#?}",
+                    self.log
+                ),
             }
         }
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -228,7 +289,10 @@ impl Shipper {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("shipper did not exit within {timeout:?}; log: {:#?}", self.log);
+                panic!(
+                    "shipper did not exit within {timeout:?}; log: {:#?}",
+                    self.log
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -237,7 +301,11 @@ impl Shipper {
 
 /// Append numbered lines `from..to` to `path`: "line-000042 <payload>".
 pub fn append_lines(path: &Path, from: usize, to: usize) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     let mut text = String::new();
     for i in from..to {
         text.push_str(&format!("line-{i:06} payload for line {i}\n"));
@@ -248,5 +316,8 @@ pub fn append_lines(path: &Path, from: usize, to: usize) {
 
 /// The line numbers found in records, in arrival order.
 pub fn line_numbers(texts: &[String]) -> Vec<usize> {
-    texts.iter().filter_map(|t| t.strip_prefix("line-")?.get(..6)?.parse().ok()).collect()
+    texts
+        .iter()
+        .filter_map(|t| t.strip_prefix("line-")?.get(..6)?.parse().ok())
+        .collect()
 }
