@@ -17,14 +17,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let config = match cli.command {
         Command::Tail(args) => Config::from_tail(args.paths, &args.options),
-        Command::Run(args) => FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options)),
+        Command::Run(args) => {
+            FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options))
+        }
         Command::Validate(args) => {
-            return match FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options)) {
+            return match FileConfig::load(&args.config)
+                .and_then(|file| Config::merge(file, &args.options))
+            {
                 Ok(config) => match toml::to_string_pretty(&config) {
                     Ok(text) => {
                         print!("{text}");
@@ -50,7 +58,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -65,7 +76,11 @@ fn main() -> ExitCode {
             Err(error) => {
                 tracing::error!(error = %error, "shipper failed");
                 eprintln!("error: {error}");
-                if error.is_config() { ExitCode::from(EXIT_USAGE) } else { ExitCode::FAILURE }
+                if error.is_config() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     })
@@ -75,7 +90,10 @@ fn main() -> ExitCode {
 /// on disk still protects every undelivered line).
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

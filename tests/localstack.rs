@@ -11,8 +11,23 @@ use common::*;
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
 
-fn args<'a>(path: &'a str, stream: &'a str, endpoint: &'a str, data_dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["tail", path, "--stream", stream, "--endpoint-url", endpoint, "--data-dir", data_dir];
+fn args<'a>(
+    path: &'a str,
+    stream: &'a str,
+    endpoint: &'a str,
+    data_dir: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "tail",
+        path,
+        "--stream",
+        stream,
+        "--endpoint-url",
+        endpoint,
+        "--data-dir",
+        data_dir,
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -29,7 +44,12 @@ fn checkpoint_offsets(data_dir: &std::path::Path) -> Vec<u64> {
     let text = std::fs::read_to_string(data_dir.join("checkpoints.json")).expect("checkpoint file");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["version"], 1);
-    json["files"].as_array().unwrap().iter().map(|f| f["offset"].as_u64().unwrap()).collect()
+    json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,7 +64,10 @@ async fn ships_every_line_in_file_order_per_shard_and_stops_cleanly() {
     let data_dir = dir.path().join("data");
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
 
-    let mut shipper = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &["--concurrency", "1"]), &[]);
+    let mut shipper = Shipper::start(
+        &args(log_s, &stream, &endpoint, data_s, &["--concurrency", "1"]),
+        &[],
+    );
     shipper.wait_log("shipper started", Duration::from_secs(30));
     let mut reader = StreamReader::new(&client, &stream).await;
     reader.wait_for(2000, ARRIVAL_TIMEOUT).await;
@@ -52,11 +75,17 @@ async fn ships_every_line_in_file_order_per_shard_and_stops_cleanly() {
     shipper.signal("TERM");
     let (code, log_lines) = shipper.wait(EXIT_TIMEOUT);
     assert_eq!(code, Some(0), "{log_lines:#?}");
-    assert_eq!(checkpoint_offsets(&data_dir), vec![std::fs::metadata(&log).unwrap().len()]);
+    assert_eq!(
+        checkpoint_offsets(&data_dir),
+        vec![std::fs::metadata(&log).unwrap().len()]
+    );
 
     reader.poll().await;
     let numbers = line_numbers(&reader.texts());
-    assert_eq!(count(&numbers).keys().copied().collect::<Vec<_>>(), (0..2000).collect::<Vec<_>>());
+    assert_eq!(
+        count(&numbers).keys().copied().collect::<Vec<_>>(),
+        (0..2000).collect::<Vec<_>>()
+    );
     assert_eq!(numbers.len(), 2000, "no duplicates without failures");
     let shards: BTreeSet<&str> = reader.records.iter().map(|r| r.shard.as_str()).collect();
     assert_eq!(shards.len(), 2, "random keys spread over both shards");
@@ -65,9 +94,16 @@ async fn ships_every_line_in_file_order_per_shard_and_stops_cleanly() {
             .records
             .iter()
             .filter(|r| r.shard == shard)
-            .filter_map(|r| line_numbers(&[String::from_utf8_lossy(&r.data).into_owned()]).first().copied())
+            .filter_map(|r| {
+                line_numbers(&[String::from_utf8_lossy(&r.data).into_owned()])
+                    .first()
+                    .copied()
+            })
             .collect();
-        assert!(in_shard.windows(2).all(|w| w[0] < w[1]), "shard {shard} out of file order");
+        assert!(
+            in_shard.windows(2).all(|w| w[0] < w[1]),
+            "shard {shard} out of file order"
+        );
     }
 }
 
@@ -99,8 +135,14 @@ async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
     assert_eq!(second.wait(EXIT_TIMEOUT).0, Some(0));
     reader.poll().await;
     let counts = count(&line_numbers(&reader.texts()));
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..1000).collect::<Vec<_>>());
-    assert!(counts.values().all(|n| *n == 1), "a graceful stop checkpoints exactly what was delivered");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a graceful stop checkpoints exactly what was delivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,7 +154,10 @@ async fn rotation_while_writing_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
     let data_dir = dir.path().join("data");
-    let (log_s, data_s) = (log.to_str().unwrap().to_string(), data_dir.to_str().unwrap().to_string());
+    let (log_s, data_s) = (
+        log.to_str().unwrap().to_string(),
+        data_dir.to_str().unwrap().to_string(),
+    );
     append_lines(&log, 0, 1);
 
     let mut shipper = Shipper::start(&args(&log_s, &stream, &endpoint, &data_s, &[]), &[]);
@@ -139,7 +184,10 @@ async fn rotation_while_writing_loses_nothing() {
     shipper.signal("TERM");
     assert_eq!(shipper.wait(EXIT_TIMEOUT).0, Some(0));
     let counts = count(&line_numbers(&reader.texts()));
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..1510).collect::<Vec<_>>());
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..1510).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,7 +200,14 @@ async fn half_the_calls_throttled_still_delivers_everything() {
     // CreateStream may itself be refused there: retry it.
     let mut created = false;
     for _ in 0..50 {
-        if client.create_stream().stream_name(&stream).shard_count(1).send().await.is_ok() {
+        if client
+            .create_stream()
+            .stream_name(&stream)
+            .shard_count(1)
+            .send()
+            .await
+            .is_ok()
+        {
             created = true;
             break;
         }
@@ -163,8 +218,16 @@ async fn half_the_calls_throttled_still_delivers_everything() {
     let data_dir = dir.path().join("data");
     append_lines(&log, 0, 400);
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
-    let mut shipper =
-        Shipper::start(&args(log_s, &stream, &endpoint, data_s, &["--max-batch-records", "50"]), &[]);
+    let mut shipper = Shipper::start(
+        &args(
+            log_s,
+            &stream,
+            &endpoint,
+            data_s,
+            &["--max-batch-records", "50"],
+        ),
+        &[],
+    );
     shipper.wait_log("shipper started", Duration::from_secs(90));
     let mut reader = loop {
         // GetShardIterator may be refused too; the reader retries on the next loop.
@@ -178,10 +241,19 @@ async fn half_the_calls_throttled_still_delivers_everything() {
     let (code, log_lines) = shipper.wait(EXIT_TIMEOUT);
     assert_eq!(code, Some(0));
     let counts = count(&line_numbers(&reader.texts()));
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..400).collect::<Vec<_>>());
-    let summary = log_lines.iter().find(|l| l.contains("shipper stopped")).expect("stop summary");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..400).collect::<Vec<_>>()
+    );
+    let summary = log_lines
+        .iter()
+        .find(|l| l.contains("shipper stopped"))
+        .expect("stop summary");
     assert!(summary.contains("throttled_total"), "{summary}");
-    assert!(!summary.contains("(\"throttled_total\", 0)"), "throttling was injected: {summary}");
+    assert!(
+        !summary.contains("(\"throttled_total\", 0)"),
+        "throttling was injected: {summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,7 +264,13 @@ async fn missing_stream_is_a_clear_error() {
     append_lines(&log, 0, 3);
     let data_dir = dir.path().join("data");
     let shipper = Shipper::start(
-        &args(log.to_str().unwrap(), "no-such-stream", &endpoint, data_dir.to_str().unwrap(), &[]),
+        &args(
+            log.to_str().unwrap(),
+            "no-such-stream",
+            &endpoint,
+            data_dir.to_str().unwrap(),
+            &[],
+        ),
         &[],
     );
     let (code, log_lines) = shipper.wait(EXIT_TIMEOUT);
@@ -213,7 +291,16 @@ async fn sigkill_while_shipping_then_restart_loses_nothing() {
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     append_lines(&log, 0, 1500);
 
-    let mut first = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &["--max-batch-records", "100"]), &[]);
+    let mut first = Shipper::start(
+        &args(
+            log_s,
+            &stream,
+            &endpoint,
+            data_s,
+            &["--max-batch-records", "100"],
+        ),
+        &[],
+    );
     first.wait_log("shipper started", Duration::from_secs(30));
     let mut reader = StreamReader::new(&client, &stream).await;
     reader.wait_for(300, ARRIVAL_TIMEOUT).await;
@@ -229,5 +316,9 @@ async fn sigkill_while_shipping_then_restart_loses_nothing() {
     assert_eq!(second.wait(EXIT_TIMEOUT).0, Some(0));
     reader.poll().await;
     let counts = count(&line_numbers(&reader.texts()));
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..1600).collect::<Vec<_>>(), "every line arrived");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..1600).collect::<Vec<_>>(),
+        "every line arrived"
+    );
 }

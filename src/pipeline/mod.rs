@@ -42,12 +42,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data dir {0} is in use by another shipper")]
     DataDirLocked(PathBuf),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::Error),
-    #[error("stream {stream} not found ({error}); create it or fix --stream, --region or --endpoint-url")]
+    #[error(
+        "stream {stream} not found ({error}); create it or fix --stream, --region or --endpoint-url"
+    )]
     StreamNotFound { stream: String, error: String },
     #[error("cannot start the file source thread: {0}")]
     Thread(std::io::Error),
@@ -76,19 +81,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         (None, Vec::new())
     } else {
         let lock = lock_data_dir(&config.data_dir)?;
-        let initial = checkpoint::load(&config.data_dir)?.map(|c| c.files).unwrap_or_default();
+        let initial = checkpoint::load(&config.data_dir)?
+            .map(|c| c.files)
+            .unwrap_or_default();
         (Some(lock), initial)
     };
 
     let sink = if config.dry_run {
         Output::Stdout(StdoutSink::new())
     } else {
-        let client = kinesis::client::build(config.region.as_deref(), config.endpoint_url.as_deref())
-            .await
-            .map_err(|error| Error::Config(error.to_string()))?;
+        let client =
+            kinesis::client::build(config.region.as_deref(), config.endpoint_url.as_deref())
+                .await
+                .map_err(|error| Error::Config(error.to_string()))?;
         kinesis::check_stream(&client, &config.stream)
             .await
-            .map_err(|error| Error::StreamNotFound { stream: config.stream.clone(), error: error.to_string() })?;
+            .map_err(|error| Error::StreamNotFound {
+                stream: config.stream.clone(),
+                error: error.to_string(),
+            })?;
         Output::Kinesis(Sink::new(
             SdkTransport::new(client, config.stream.clone()),
             config.stream.clone(),
@@ -171,9 +182,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         senders.close();
         senders.wait().await;
     };
-    let grace_expired = tokio::time::timeout(config.grace_period, drain).await.is_err();
+    let grace_expired = tokio::time::timeout(config.grace_period, drain)
+        .await
+        .is_err();
     if grace_expired {
-        warn!("grace period over with records in flight; they are not checkpointed and will be sent again after a restart");
+        warn!(
+            "grace period over with records in flight; they are not checkpointed and will be sent again after a restart"
+        );
     }
     hard_stop.cancel();
     senders.close();
@@ -184,13 +199,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         let dir = config.data_dir.clone();
         match tokio::task::spawn_blocking(move || checkpoint::store(&dir, files)).await {
             Ok(Ok(())) => {}
-            Ok(Err(store_error)) => error!(error = %store_error, "cannot write the final checkpoint"),
+            Ok(Err(store_error)) => {
+                error!(error = %store_error, "cannot write the final checkpoint")
+            }
             Err(join_error) => error!(error = %join_error, "checkpoint writer failed"),
         }
     }
     let counters = metrics.counters();
     info!(?counters, "shipper stopped");
-    Ok(Summary { metrics, grace_expired })
+    Ok(Summary {
+        metrics,
+        grace_expired,
+    })
 }
 
 enum Output {
@@ -209,7 +229,10 @@ impl Output {
     fn oversize(&self, record: Record) {
         match self {
             Output::Kinesis(sink) => sink.oversize(record),
-            Output::Stdout(sink) => sink.send(Batch { bytes: record.size(), records: vec![record] }),
+            Output::Stdout(sink) => sink.send(Batch {
+                bytes: record.size(),
+                records: vec![record],
+            }),
         }
     }
 }
@@ -225,7 +248,9 @@ struct Dispatcher {
 impl Dispatch for Dispatcher {
     async fn batch(&mut self, batch: Batch) {
         // The semaphore is never closed, so acquiring only waits.
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return;
+        };
         let sink = Arc::clone(&self.sink);
         let stop = self.hard_stop.clone();
         self.senders.spawn(async move {
@@ -256,7 +281,9 @@ async fn checkpoint_loop(registry: Arc<Registry>, dir: PathBuf, stop: Cancellati
         let (dir, to_store) = (dir.clone(), files.clone());
         match tokio::task::spawn_blocking(move || checkpoint::store(&dir, to_store)).await {
             Ok(Ok(())) => last = Some(files),
-            Ok(Err(store_error)) => warn!(error = %store_error, "cannot write checkpoints; retrying"),
+            Ok(Err(store_error)) => {
+                warn!(error = %store_error, "cannot write checkpoints; retrying")
+            }
             Err(join_error) => warn!(error = %join_error, "checkpoint writer failed; retrying"),
         }
     }
@@ -264,9 +291,17 @@ async fn checkpoint_loop(registry: Arc<Registry>, dir: PathBuf, stop: Cancellati
 
 /// Create the data dir and take its lock file, so two shippers never share checkpoints.
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
-    let io = |source| Error::DataDir { path: dir.to_path_buf(), source };
+    let io = |source| Error::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     fs::create_dir_all(dir).map_err(io)?;
-    let lock = File::options().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(io)?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
         Err(fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked(dir.to_path_buf())),
@@ -295,5 +330,8 @@ impl KeySource for SimpleKeys {
 
 fn key_source(template: &str) -> SimpleKeys {
     let fixed = (template != "{random}").then(|| template.to_string());
-    SimpleKeys { fixed, state: rand::random::<u64>() | 1 }
+    SimpleKeys {
+        fixed,
+        state: rand::random::<u64>() | 1,
+    }
 }
