@@ -1,0 +1,187 @@
+//! The Kinesis API over the awsJson1_1 protocol, as aws-sdk-kinesis speaks it: `POST /`
+//! with `X-Amz-Target: Kinesis_20131202.<Operation>`, JSON bodies, blobs in base64,
+//! timestamps in epoch seconds, errors as `{"__type": ..., "message": ...}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ACCOUNT_ID, Server, Stream};
+use crate::{put, read};
+
+/// Prefix of `X-Amz-Target` (the Smithy service shape name of Kinesis).
+const TARGET_PREFIX: &str = "Kinesis_20131202.";
+/// Content type of the awsJson1_1 protocol.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// A request-level error: HTTP status plus the `__type` the SDK maps to an error variant.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
+    }
+
+    /// What Kinesis answers when a request breaks a constraint of the API model
+    /// (entry count, data length, partition key length).
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "ResourceNotFoundException",
+            message,
+        )
+    }
+
+    pub fn serialization(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            message,
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "__type": self.kind, "message": self.message });
+        let mut response = json_response(self.status, body.to_string().into_bytes());
+        response
+            .headers_mut()
+            .insert("x-amzn-ErrorType", HeaderValue::from_static(self.kind));
+        response
+    }
+}
+
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+/// Parses a request body, answering like Kinesis when it is not the expected JSON.
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| ApiError::serialization(error.to_string()))
+}
+
+/// Stream selectors every operation accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StreamSelector {
+    pub stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    pub stream_arn: Option<String>,
+}
+
+impl StreamSelector {
+    pub fn name(&self) -> Result<&str, ApiError> {
+        match (&self.stream_name, &self.stream_arn) {
+            (Some(name), _) => Ok(name),
+            (None, Some(arn)) => arn
+                .rsplit_once(":stream/")
+                .map(|(_, name)| name)
+                .ok_or_else(|| ApiError::invalid(format!("malformed stream ARN {arn}"))),
+            (None, None) => Err(ApiError::invalid(
+                "Either StreamName or StreamARN should be provided.",
+            )),
+        }
+    }
+
+    pub fn resolve(&self, server: &Server) -> Result<Arc<Stream>, ApiError> {
+        let name = self.name()?;
+        find_stream(server, name)
+    }
+}
+
+pub fn find_stream(server: &Server, name: &str) -> Result<Arc<Stream>, ApiError> {
+    server.stream(name).ok_or_else(|| stream_not_found(name))
+}
+
+pub fn stream_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "Stream {name} under account {ACCOUNT_ID} not found."
+    ))
+}
+
+/// `POST /`: routes on `X-Amz-Target`.
+pub async fn handle(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    server
+        .stats
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let faults = server.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
+    let result = match operation {
+        "PutRecords" => put::put_records(&server, &faults, &body),
+        "PutRecord" => put::put_record(&server, &faults, &body),
+        "CreateStream" => read::create_stream(&server, &body),
+        "DeleteStream" => read::delete_stream(&server, &body),
+        "DescribeStreamSummary" => read::describe_stream_summary(&server, &body),
+        "DescribeStream" => read::describe_stream(&server, &body),
+        "ListShards" => read::list_shards(&server, &body),
+        "SplitShard" => read::split_shard(&server, &body),
+        "MergeShards" => read::merge_shards(&server, &body),
+        "GetShardIterator" => read::get_shard_iterator(&server, &body),
+        "GetRecords" => read::get_records(&server, &body),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            format!("operation {target:?} is not supported by this endpoint"),
+        )),
+    };
+    match result {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(error) => {
+            if error.status.is_client_error() {
+                server
+                    .stats
+                    .invalid_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            error.into_response()
+        }
+    }
+}
+
+/// A successful answer's body.
+pub fn body(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|error| ApiError::internal(error.to_string()))
+}

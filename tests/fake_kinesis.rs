@@ -1,0 +1,350 @@
+//! The in-repo Kinesis endpoint (`fake-kinesis`) spoken to by the real aws-sdk-kinesis
+//! client: if the SDK can create, list, put, fail and read back against it, the shipper's
+//! benchmarks and fault tests exercise the same code paths as against Kinesis.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{
+    PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType,
+};
+use serde_json::Value;
+use shipper::aggregate::{self, Aggregator, Finished};
+use shipper::compress::{self, Compression};
+use shipper::shard_map::{ShardMap, ShardRange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The endpoint process, killed when the test ends however it ends.
+struct FakeKinesis {
+    child: Child,
+    addr: String,
+}
+
+impl FakeKinesis {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-kinesis"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fake-kinesis");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, addr }
+    }
+
+    fn client(&self) -> Client {
+        let credentials =
+            aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
+        let config = aws_sdk_kinesis::config::Builder::new()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{}", self.addr))
+            .credentials_provider(credentials)
+            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+            .build();
+        Client::from_conf(config)
+    }
+
+    /// One admin call over plain HTTP/1.1.
+    async fn admin(&self, method: &str, path: &str, body: &str) -> Value {
+        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).unwrap()
+    }
+}
+
+impl Drop for FakeKinesis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn entry(key: &str, data: &[u8]) -> PutRecordsRequestEntry {
+    PutRecordsRequestEntry::builder()
+        .partition_key(key)
+        .data(Blob::new(data))
+        .build()
+        .unwrap()
+}
+
+async fn shard_map(client: &Client, stream: &str) -> ShardMap {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .shard_filter(
+            ShardFilter::builder()
+                .r#type(ShardFilterType::AtLatest)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ranges = shards
+        .shards()
+        .iter()
+        .map(|shard| {
+            let range = shard.hash_key_range().unwrap();
+            ShardRange::from_decimal(
+                shard.shard_id(),
+                range.starting_hash_key(),
+                range.ending_hash_key(),
+            )
+            .unwrap()
+        })
+        .collect();
+    ShardMap::new(ranges).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_puts_and_reads_back_plain_and_aggregated_records() {
+    let fake = FakeKinesis::start(&["--stream", "logs", "--shards", "2", "--store"]);
+    let client = fake.client();
+
+    let summary = client
+        .describe_stream_summary()
+        .stream_name("logs")
+        .send()
+        .await
+        .unwrap();
+    let summary = summary.stream_description_summary().unwrap();
+    assert_eq!(summary.open_shard_count(), 2);
+    let map = shard_map(&client, "logs").await;
+    assert_eq!(map.len(), 2);
+    assert!(map.covers_all_hash_keys());
+
+    let mut entries: Vec<_> = (0..10)
+        .map(|n| entry(&format!("key-{n}"), format!("line {n}").as_bytes()))
+        .collect();
+    let mut aggregator = Aggregator::new(1 << 20);
+    for n in 0..5 {
+        aggregator
+            .try_push("agg", format!("aggregated {n}").as_bytes())
+            .unwrap();
+    }
+    let Finished::Aggregated {
+        partition_key,
+        data,
+        ..
+    } = aggregator.finish()
+    else {
+        panic!("five records make an aggregate");
+    };
+    entries.push(entry(&partition_key, &Compression::Gzip.compress(&data)));
+    let keys: Vec<String> = entries
+        .iter()
+        .map(|e| e.partition_key().unwrap_or_default().to_owned())
+        .collect();
+
+    let output = client
+        .put_records()
+        .stream_name("logs")
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.failed_record_count(), Some(0));
+    for (key, result) in keys.iter().zip(output.records()) {
+        assert_eq!(result.shard_id(), map.shard_for_key(key), "{key}");
+        assert!(result.sequence_number().is_some());
+    }
+
+    let mut user_records = Vec::new();
+    for shard in map.shards() {
+        let iterator = client
+            .get_shard_iterator()
+            .stream_name("logs")
+            .shard_id(&shard.shard_id)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        let records = client
+            .get_records()
+            .shard_iterator(iterator.shard_iterator().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert!(records.next_shard_iterator().is_some());
+        for record in records.records() {
+            let payload = compress::decompress(record.data().as_ref(), 1 << 20).unwrap();
+            let users = aggregate::deaggregate_or_single(
+                record.partition_key().unwrap_or_default(),
+                &payload,
+            )
+            .unwrap();
+            user_records.extend(
+                users
+                    .into_iter()
+                    .map(|(_, data)| String::from_utf8(data).unwrap()),
+            );
+        }
+    }
+    user_records.sort();
+    let mut expected: Vec<String> = (0..10).map(|n| format!("line {n}")).collect();
+    expected.extend((0..5).map(|n| format!("aggregated {n}")));
+    expected.sort();
+    assert_eq!(user_records, expected);
+
+    let stats = fake.admin("GET", "/stats", "").await;
+    assert_eq!(stats["kinesis_records_accepted"], 11);
+    assert_eq!(stats["user_records_accepted"], 15);
+    assert_eq!(stats["misaligned_user_records"], 0);
+    assert_eq!(stats["decode_errors"], 0);
+    let dump = fake.admin("GET", "/records?stream=logs", "").await;
+    assert_eq!(dump["records"].as_array().unwrap().len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_parses_entry_failures_and_request_errors() {
+    let fake = FakeKinesis::start(&["--stream", "logs"]);
+    let client = fake.client();
+    let put = |entries: Vec<PutRecordsRequestEntry>, stream: &'static str| {
+        client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+    };
+
+    fake.admin("POST", "/faults", r#"{"fail_records": 1.0}"#)
+        .await;
+    let output = put(vec![entry("a", b"1"), entry("b", b"2")], "logs")
+        .await
+        .unwrap();
+    assert_eq!(output.failed_record_count(), Some(2));
+    for result in output.records() {
+        let code = result.error_code().unwrap();
+        assert!(
+            ["ProvisionedThroughputExceededException", "InternalFailure"].contains(&code),
+            "{code}"
+        );
+        assert!(result.error_message().is_some());
+        assert!(result.sequence_number().is_none());
+    }
+
+    fake.admin(
+        "POST",
+        "/faults",
+        r#"{"fail_records": 0.0, "fail_http": 1.0}"#,
+    )
+    .await;
+    let error = put(vec![entry("a", b"1")], "logs").await.unwrap_err();
+    assert_eq!(error.code(), Some("InternalFailure"));
+    assert_eq!(error.raw_response().map(|r| r.status().as_u16()), Some(500));
+    fake.admin("POST", "/faults", r#"{"fail_http": 0.0}"#).await;
+
+    let error = put(vec![entry("a", b"1")], "missing").await.unwrap_err();
+    assert!(error.into_service_error().is_resource_not_found_exception());
+    let too_many = (0..501).map(|n| entry(&n.to_string(), b"x")).collect();
+    let error = put(too_many, "logs").await.unwrap_err();
+    assert_eq!(error.code(), Some("ValidationException"));
+    let long_key = "k".repeat(257);
+    let error = put(vec![entry(&long_key, b"x")], "logs").await.unwrap_err();
+    assert_eq!(error.code(), Some("ValidationException"));
+    let big = vec![b'x'; 1 << 20];
+    let error = put(vec![entry("k", &big)], "logs").await.unwrap_err();
+    assert!(error.into_service_error().is_invalid_argument_exception());
+    let almost_big = vec![b'x'; 1_000_000];
+    let oversized = (0..6).map(|n| entry(&n.to_string(), &almost_big)).collect();
+    let error = put(oversized, "logs").await.unwrap_err();
+    assert!(error.into_service_error().is_invalid_argument_exception());
+
+    let stats = fake.admin("GET", "/stats", "").await;
+    assert_eq!(stats["failed_entries_injected"], 2);
+    assert_eq!(stats["http_5xx_injected"], 1);
+    assert_eq!(stats["user_records_accepted"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shard_limits_throttle_entries_and_resharding_keeps_routing() {
+    let fake = FakeKinesis::start(&["--stream", "unused"]);
+    let client = fake.client();
+    client
+        .create_stream()
+        .stream_name("one")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    fake.admin("POST", "/faults", r#"{"shard_limits": true}"#)
+        .await;
+
+    // 500 x 10 KiB is about 5 MiB offered to a 1 MiB/s shard in one call, which spans at
+    // most two one-second windows: at most 2 MiB can pass.
+    let data = vec![b'x'; 10 * 1024];
+    let entries = (0..500).map(|n| entry(&n.to_string(), &data)).collect();
+    let output = client
+        .put_records()
+        .stream_name("one")
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    let throttled = output
+        .records()
+        .iter()
+        .filter(|r| r.error_code() == Some("ProvisionedThroughputExceededException"))
+        .count();
+    assert!(throttled >= 500 - 2 * 102, "throttled {throttled}");
+    assert_eq!(output.failed_record_count(), Some(throttled as i32));
+    let stats = fake.admin("GET", "/stats", "").await;
+    assert_eq!(stats["throttled"], throttled);
+    fake.admin("POST", "/faults", r#"{"shard_limits": false}"#)
+        .await;
+
+    let before = shard_map(&client, "one").await;
+    let shard = before.shards()[0].shard_id.clone();
+    client
+        .split_shard()
+        .stream_name("one")
+        .shard_to_split(&shard)
+        .new_starting_hash_key((1u128 << 127).to_string())
+        .send()
+        .await
+        .unwrap();
+    let all = client
+        .list_shards()
+        .stream_name("one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.shards().len(), 3);
+    let after = shard_map(&client, "one").await;
+    assert_eq!(after.len(), 2);
+    assert!(after.covers_all_hash_keys());
+    let keys: Vec<String> = (0..20).map(|n| format!("key-{n}")).collect();
+    let entries = keys.iter().map(|key| entry(key, b"line")).collect();
+    let output = client
+        .put_records()
+        .stream_name("one")
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    for (key, result) in keys.iter().zip(output.records()) {
+        assert_eq!(result.shard_id(), after.shard_for_key(key));
+    }
+}
