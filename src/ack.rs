@@ -100,6 +100,22 @@ impl FileProgress {
         }
     }
 
+    /// The current generation: it changes when the file is read again from a new start.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// A token for `[start, end)` of a given generation (one read earlier with `generation`), for
+    /// records assembled over several lines while the file may have been reset.
+    pub fn token_in(self: &Arc<Self>, generation: u64, start: u64, end: u64) -> AckToken {
+        AckToken {
+            progress: Arc::clone(self),
+            generation,
+            start,
+            end,
+        }
+    }
+
     /// The file was truncated (copytruncate) or rewritten: start again at `offset` under a new
     /// generation. Tokens handed out before are ignored when they are acknowledged.
     pub fn reset(&self, fingerprint: Fingerprint, offset: u64) {

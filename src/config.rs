@@ -145,6 +145,21 @@ pub struct Input {
     pub partition_key: String,
 }
 
+impl Input {
+    /// Parse the format, multiline rule and key template once, so a mistake is a config error.
+    fn check(&self) -> Result<(), Error> {
+        self.format
+            .parse::<crate::parse::Format>()
+            .map_err(|error| invalid("format", error))?;
+        self.multiline
+            .parse::<crate::parse::multiline::Multiline>()
+            .map_err(|error| invalid("multiline", error))?;
+        crate::partition_key::Template::parse(&self.partition_key)
+            .map_err(|error| invalid("partition_key", error))?;
+        Ok(())
+    }
+}
+
 /// Validated settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -223,16 +238,12 @@ impl Config {
             .clone()
             .or(file.format)
             .unwrap_or("raw".into());
-        let multiline = options
-            .multiline
-            .clone()
-            .or(file.multiline)
-            .unwrap_or("none".into());
+        let multiline = options.multiline.clone().or(file.multiline);
         let partition_key = options
             .partition_key
             .clone()
             .or(file.partition_key)
-            .unwrap_or("{random}".into());
+            .unwrap_or(crate::partition_key::DEFAULT_TEMPLATE.into());
         if file.inputs.is_empty() {
             return Err(Error::Missing("input (a [[input]] table with paths)"));
         }
@@ -247,13 +258,29 @@ impl Config {
             let pick = |flag: &Option<String>, own: Option<String>, top: &String| {
                 flag.clone().or(own).unwrap_or_else(|| top.clone())
             };
-            inputs.push(Input {
+            let format = pick(&options.format, input.format, &format);
+            // Celery records continue on every line without the Celery prefix, so joining is the
+            // natural default there; other formats default to one record per line.
+            let default_multiline = if format == "celery" { "celery" } else { "none" };
+            let multiline = options
+                .multiline
+                .clone()
+                .or(input.multiline)
+                .or(multiline.clone())
+                .unwrap_or(default_multiline.into());
+            let input = Input {
                 paths: input.paths,
                 read_from: parse_read_from(&pick(&options.read_from, input.read_from, &read_from))?,
-                format: pick(&options.format, input.format, &format),
-                multiline: pick(&options.multiline, input.multiline, &multiline),
+                format,
+                multiline,
                 partition_key: pick(&options.partition_key, input.partition_key, &partition_key),
-            });
+            };
+            input.check()?;
+            inputs.push(input);
+        }
+        if let Some(zone) = options.timezone.as_deref().or(file.timezone.as_deref()) {
+            zone.parse::<crate::parse::TimeZone>()
+                .map_err(|error| invalid("timezone", error))?;
         }
         let mut fields = file.fields;
         for field in &options.fields {

@@ -86,8 +86,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// The first SIGTERM or SIGINT starts a graceful stop; a second one exits at once (the checkpoint
-/// on disk still protects every undelivered line).
+/// A signal repeated within this is taken as the same request (GNU `timeout` and some supervisors
+/// send SIGTERM to the process and again to its process group).
+const REPEAT_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The first SIGTERM or SIGINT starts a graceful stop; a second one (after REPEAT_SIGNAL_WINDOW)
+/// exits at once: the checkpoint on disk still protects every undelivered line.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -97,17 +101,23 @@ async fn watch_signals(shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    for round in 0..2 {
+    let mut first: Option<tokio::time::Instant> = None;
+    loop {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        if round == 0 {
-            tracing::info!("stop requested");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second stop signal: exiting at once");
-            std::process::exit(1);
+        match first {
+            None => {
+                tracing::info!("stop requested");
+                first = Some(tokio::time::Instant::now());
+                shutdown.cancel();
+            }
+            Some(at) if at.elapsed() < REPEAT_SIGNAL_WINDOW => {}
+            Some(_) => {
+                tracing::warn!("second stop signal: exiting at once");
+                std::process::exit(1);
+            }
         }
     }
 }

@@ -30,7 +30,10 @@ use crate::sinks::stdout::StdoutSink;
 use crate::sources::file::{FileSource, FileSourceConfig, LongLinePolicy, ReadFrom};
 use crate::telemetry::Metrics;
 
-use records::{KeySource, RecordBuilder};
+use crate::parse::multiline::{self, JoinerConfig, Multiline};
+use crate::parse::{Enrichment, Format, Formatter, Kubernetes, KubernetesEnvNames, TimeZone};
+use crate::partition_key::Template;
+use records::{RecordBuilder, RecordRules};
 
 /// Chunks of records between the file sources and the batcher.
 const CHUNK_CHANNEL_CAPACITY: usize = 8;
@@ -132,8 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         );
         let mut builder = RecordBuilder::new(
             tx.clone(),
-            key_source(&input.partition_key),
-            config.limits.max_data_bytes(),
+            record_rules(&config, input)?,
             Arc::clone(&metrics),
         );
         let cancel = stop_sources.clone();
@@ -141,8 +143,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
             .name(format!("shipper-input-{index}"))
             .spawn(move || {
                 source.run(cancel, &mut builder);
-                // Whatever was read goes on to the batcher, even when stopping.
-                let _ = builder.flush();
+                // Whatever was read goes on to the batcher, pending multiline records included.
+                let _ = builder.finish();
             })
             .map_err(Error::Thread)?;
         threads.push(thread);
@@ -309,29 +311,50 @@ fn lock_data_dir(dir: &Path) -> Result<File, Error> {
     }
 }
 
-/// Placeholder key choice until templates are wired: `{random}` or a fixed key.
-struct SimpleKeys {
-    fixed: Option<String>,
-    state: u64,
-}
-
-impl KeySource for SimpleKeys {
-    fn key(&mut self, _data: &[u8]) -> String {
-        if let Some(fixed) = &self.fixed {
-            return fixed.clone();
-        }
-        // xorshift64*: cheap and well spread, which is all a partition key needs.
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        format!("{:016x}", self.state.wrapping_mul(0x2545_f491_4f6c_dd1d))
-    }
-}
-
-fn key_source(template: &str) -> SimpleKeys {
-    let fixed = (template != "{random}").then(|| template.to_string());
-    SimpleKeys {
-        fixed,
-        state: rand::random::<u64>() | 1,
-    }
+/// How one input's lines become records. The strings were checked by `Config`, so errors here
+/// are reported as configuration errors too.
+fn record_rules(config: &Config, input: &config::Input) -> Result<RecordRules, Error> {
+    let bad = |error: String| Error::Config(error);
+    let format: Format = input
+        .format
+        .parse()
+        .map_err(|e: crate::parse::FormatError| bad(e.to_string()))?;
+    let multiline: Multiline = input
+        .multiline
+        .parse()
+        .map_err(|e: multiline::MultilineError| bad(e.to_string()))?;
+    let template = Template::parse(&input.partition_key).map_err(|e| bad(e.to_string()))?;
+    let zone = match config.timezone.as_deref() {
+        Some(text) => text
+            .parse()
+            .map_err(|e: crate::parse::TimeZoneError| bad(e.to_string()))?,
+        None => TimeZone::default(),
+    };
+    let host = gethostname::gethostname().into_string().ok();
+    let kubernetes = Kubernetes::from_env(&KubernetesEnvNames::default());
+    let fields = config
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let enrichment = Enrichment::new(host, kubernetes, fields);
+    let formatter = Formatter::new(format, zone, enrichment, &template.field_names());
+    let max_data_bytes = config.limits.max_data_bytes();
+    // JSON envelopes escape and enrich what they carry: leave them room to grow.
+    let max_joined_bytes = if format == Format::Raw {
+        max_data_bytes
+    } else {
+        max_data_bytes / 2
+    };
+    let joiner = JoinerConfig {
+        multiline,
+        flush_timeout: multiline::DEFAULT_FLUSH_TIMEOUT,
+        max_record_bytes: max_joined_bytes,
+    };
+    Ok(RecordRules {
+        formatter,
+        template,
+        joiner,
+        max_data_bytes,
+    })
 }

@@ -1,12 +1,16 @@
-//! From lines to records: the stage that runs on the file source's thread, so it does no I/O of
-//! its own besides handing full chunks to the batcher.
+//! From lines to records: multiline joining, formatting and partition keys, on the file source's
+//! thread. It does no I/O of its own besides handing full chunks to the batcher.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::ack::FileProgress;
+use crate::ack::{FileId, FileProgress};
+use crate::parse::multiline::{Event, Joiner, JoinerConfig};
+use crate::parse::{FileContext, FileIdentity, Formatter, RecordFields, Stats};
+use crate::partition_key::{KeyRng, Template};
 use crate::record::Record;
 use crate::sources::file::{Closed, Line, LineKind, LineSink};
 use crate::telemetry::Metrics;
@@ -16,80 +20,164 @@ const CHUNK_RECORDS: usize = 512;
 /// ... or this many bytes; with the channel's capacity this bounds the memory between stages.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
-/// How a record's partition key is chosen.
-pub trait KeySource: Send {
-    fn key(&mut self, data: &[u8]) -> String;
+/// How one input turns lines into records.
+pub struct RecordRules {
+    pub formatter: Formatter,
+    pub template: Template,
+    pub joiner: JoinerConfig,
+    /// Most data bytes in one record (the record limit minus room for the key).
+    pub max_data_bytes: usize,
+}
+
+/// Per-file state: the multiline joiner and what the formatter needs to know of the file.
+struct FileState {
+    progress: Arc<FileProgress>,
+    joiner: Joiner,
+    context: FileContext,
+    /// Generation and end of the last line pushed, to notice a truncation between two lines.
+    generation: u64,
+    next_start: u64,
 }
 
 /// Turns lines into records and passes them on in chunks.
-pub struct RecordBuilder<K> {
+pub struct RecordBuilder {
     tx: mpsc::Sender<Vec<Record>>,
-    keys: K,
-    max_data_bytes: usize,
+    rules: RecordRules,
+    rng: KeyRng,
+    fields: RecordFields,
     metrics: Arc<Metrics>,
+    files: HashMap<FileId, FileState>,
+    events: Vec<Event>,
     chunk: Vec<Record>,
     chunk_bytes: usize,
+    /// Parse counters already added to `metrics`.
+    reported: Stats,
 }
 
-impl<K: KeySource> RecordBuilder<K> {
-    pub fn new(
-        tx: mpsc::Sender<Vec<Record>>,
-        keys: K,
-        max_data_bytes: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+impl RecordBuilder {
+    pub fn new(tx: mpsc::Sender<Vec<Record>>, rules: RecordRules, metrics: Arc<Metrics>) -> Self {
         RecordBuilder {
             tx,
-            keys,
-            max_data_bytes,
+            rules,
+            rng: KeyRng::new(),
+            fields: RecordFields::default(),
             metrics,
+            files: HashMap::new(),
+            events: Vec::new(),
             chunk: Vec::with_capacity(CHUNK_RECORDS),
             chunk_bytes: 0,
+            reported: Stats::default(),
         }
+    }
+
+    fn state(&mut self, line: &Line<'_>) -> &mut FileState {
+        let id = line.file.id();
+        let joiner = &self.rules.joiner;
+        let state = self.files.entry(id).or_insert_with(|| FileState {
+            progress: Arc::clone(line.file),
+            joiner: Joiner::new(joiner.clone()),
+            // The record id must not change when a small file grows, so it uses device and inode
+            // only; the offset makes it unique within the file.
+            context: FileContext::new(
+                line.path.display().to_string(),
+                FileIdentity {
+                    dev: id.dev,
+                    inode: id.ino,
+                    fingerprint: 0,
+                },
+            ),
+            generation: line.file.generation(),
+            next_start: line.start,
+        });
+        if !Arc::ptr_eq(&state.progress, line.file) {
+            // A new file with a reused inode: start over.
+            *state = FileState {
+                progress: Arc::clone(line.file),
+                joiner: Joiner::new(joiner.clone()),
+                context: FileContext::new(
+                    line.path.display().to_string(),
+                    FileIdentity {
+                        dev: id.dev,
+                        inode: id.ino,
+                        fingerprint: 0,
+                    },
+                ),
+                generation: line.file.generation(),
+                next_start: line.start,
+            };
+        }
+        state
+    }
+
+    fn emit_events(&mut self, id: FileId, generation: u64) -> Result<(), Closed> {
+        let Some(state) = self.files.get(&id) else {
+            return Ok(());
+        };
+        let progress = Arc::clone(&state.progress);
+        for event in std::mem::take(&mut self.events) {
+            let (start, end) = (event.start, event.end);
+            let state = &self.files[&id];
+            let mut stats = Stats::default();
+            let formatted =
+                self.rules
+                    .formatter
+                    .format(event, &state.context, &mut self.fields, &mut stats);
+            let key = {
+                let fields = self
+                    .rules
+                    .formatter
+                    .key_fields(&state.context, &self.fields);
+                self.rules.template.render(&fields, &mut self.rng)
+            };
+            self.count(&stats);
+            self.push(&progress, generation, formatted.payload, key, start, end)?;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, stats: &Stats) {
+        Metrics::add(&self.metrics.lossy_utf8_total, stats.lossy_utf8);
+        Metrics::add(
+            &self.metrics.parse_errors_total,
+            stats.json_parse_errors + stats.celery_unparsed,
+        );
+        self.reported.add(stats);
     }
 
     fn push(
         &mut self,
         file: &Arc<FileProgress>,
+        generation: u64,
         data: Vec<u8>,
+        partition_key: String,
         start: u64,
         end: u64,
     ) -> Result<(), Closed> {
-        let data = match String::from_utf8(data) {
-            Ok(text) => text.into_bytes(),
-            Err(error) => {
-                Metrics::add(&self.metrics.lossy_utf8_total, 1);
-                String::from_utf8_lossy(error.as_bytes())
-                    .into_owned()
-                    .into_bytes()
-            }
-        };
-        if data.len() <= self.max_data_bytes {
-            let partition_key = self.keys.key(&data);
+        if data.len() <= self.rules.max_data_bytes {
             return self.add(Record {
                 data,
                 partition_key,
-                ack: file.token(start, end),
+                ack: file.token_in(generation, start, end),
             });
         }
-        // Replacement characters can make a line that fit grow past the limit: cut it at character
-        // boundaries. Only the last part carries the line's range, so the checkpoint passes the line
-        // once every part is delivered.
+        // Formatting (escaping, replacement characters, enrichment) made the record outgrow the
+        // limit: cut it at character boundaries. Only the last part carries the range, so the
+        // checkpoint passes the record once every part is delivered.
         Metrics::add(&self.metrics.records_split_total, 1);
-        let parts = split_at_char_boundaries(&data, self.max_data_bytes);
+        let parts = split_at_char_boundaries(&data, self.rules.max_data_bytes);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
-            let ack = if i == last {
-                file.token(start, end)
+            let (from, to) = if i == last {
+                (start, end)
             } else {
-                file.token(start, start)
+                (start, start)
             };
-            let partition_key = self.keys.key(part);
-            self.add(Record {
+            let record = Record {
                 data: part.to_vec(),
-                partition_key,
-                ack,
-            })?;
+                partition_key: partition_key.clone(),
+                ack: file.token_in(generation, from, to),
+            };
+            self.add(record)?;
         }
         Ok(())
     }
@@ -113,9 +201,22 @@ impl<K: KeySource> RecordBuilder<K> {
         self.chunk_bytes = 0;
         self.tx.blocking_send(chunk).map_err(|_| Closed)
     }
+
+    /// Ship every pending multiline record and the open chunk (at stop).
+    pub fn finish(&mut self) -> Result<(), Closed> {
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        for id in ids {
+            if let Some(state) = self.files.get_mut(&id) {
+                let generation = state.generation;
+                self.events.extend(state.joiner.flush());
+                self.emit_events(id, generation)?;
+            }
+        }
+        self.flush()
+    }
 }
 
-impl<K: KeySource> LineSink for RecordBuilder<K> {
+impl LineSink for RecordBuilder {
     fn line(&mut self, line: Line<'_>) -> Result<(), Closed> {
         Metrics::add(&self.metrics.lines_read_total, 1);
         Metrics::add(&self.metrics.bytes_read_total, line.end - line.start);
@@ -124,12 +225,67 @@ impl<K: KeySource> LineSink for RecordBuilder<K> {
             LineKind::Fragment => Metrics::add(&self.metrics.records_split_total, 1),
             LineKind::Complete | LineKind::Partial => {}
         }
-        self.push(line.file, line.data.to_vec(), line.start, line.end)
+        let id = line.file.id();
+        let generation = line.file.generation();
+        let mut events = std::mem::take(&mut self.events);
+        let state = self.state(&line);
+        let old_generation = state.generation;
+        if state.generation != generation || state.next_start != line.start {
+            // The file was truncated or skipped ahead: what is pending belongs to the old bytes
+            // and goes out on its own, acknowledged in the generation it was read in.
+            events.extend(state.joiner.flush());
+        }
+        let flushed = !events.is_empty();
+        self.events = events;
+        if flushed {
+            self.emit_events(id, old_generation)?;
+        }
+        let state = self.files.get_mut(&id).ok_or(Closed)?;
+        state.generation = generation;
+        state.next_start = line.end;
+        // A fragment of an over-long line is a record by itself; joining it would only split again.
+        if line.kind == LineKind::Fragment {
+            self.events.extend(state.joiner.flush());
+            self.events.push(Event {
+                data: line.data.to_vec(),
+                start: line.start,
+                end: line.end,
+                lines: 1,
+                split: true,
+                part: 0,
+            });
+        } else {
+            state.joiner.push(
+                line.data,
+                line.start,
+                line.end,
+                Instant::now(),
+                &mut self.events,
+            );
+        }
+        self.emit_events(id, generation)
     }
 
-    fn idle(&mut self, _now: Instant) -> Result<Option<Instant>, Closed> {
+    fn idle(&mut self, now: Instant) -> Result<Option<Instant>, Closed> {
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        let mut next: Option<Instant> = None;
+        for id in ids {
+            let Some(state) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let generation = state.generation;
+            self.events.extend(state.joiner.poll_timeout(now));
+            if let Some(at) = state.joiner.next_deadline() {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            self.emit_events(id, generation)?;
+        }
+        // Forget files nobody else tracks any more (retired and delivered) once nothing is pending.
+        self.files.retain(|_, state| {
+            state.joiner.has_pending() || Arc::strong_count(&state.progress) > 1
+        });
         self.flush()?;
-        Ok(None)
+        Ok(next)
     }
 }
 

@@ -90,14 +90,12 @@ pub async fn create_stream(client: &Client, name: &str, shards: i32) {
             .stream_name(name)
             .send()
             .await;
-        if let Ok(summary) = summary {
-            if summary
-                .stream_description_summary()
-                .map(|d| d.stream_status().as_str())
-                == Some("ACTIVE")
-            {
-                return;
-            }
+        let active = summary.ok().and_then(|s| {
+            s.stream_description_summary()
+                .map(|d| d.stream_status().as_str() == "ACTIVE")
+        });
+        if active == Some(true) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
