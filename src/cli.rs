@@ -124,6 +124,10 @@ pub struct Options {
     /// checkpoints).
     #[arg(long, env = "SHIPPER_STDOUT")]
     pub stdout: bool,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9090.
+    /// Off by default.
+    #[arg(long, env = "SHIPPER_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// The shipper's own log format: text (default) or json. Filter with RUST_LOG.
     #[arg(long, env = "SHIPPER_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<String>,

@@ -99,6 +99,7 @@ pub struct FileConfig {
     pub concurrency: Option<usize>,
     pub grace_period_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub metrics_addr: Option<String>,
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
@@ -180,6 +181,7 @@ pub struct Config {
     pub grace_period: Duration,
     pub dry_run: bool,
     pub log_format: LogFormat,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -346,7 +348,15 @@ impl Config {
                 ));
             }
         };
+        let metrics_addr = match options.metrics_addr.clone().or(file.metrics_addr) {
+            None => None,
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|error| invalid("metrics_addr", format!("{text:?}: {error}")))?,
+            ),
+        };
         Ok(Config {
+            metrics_addr,
             stream,
             region: options.region.clone().or(file.region),
             endpoint_url: options.endpoint_url.clone().or(file.endpoint_url),

@@ -322,3 +322,90 @@ async fn sigkill_while_shipping_then_restart_loses_nothing() {
         "every line arrived"
     );
 }
+
+/// GET a path from the shipper's metrics endpoint: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_was_shipped_and_readiness_follows_the_data_dir() {
+    let endpoint = default_localstack();
+    let client = client(&endpoint).await;
+    let stream = unique_stream("metrics");
+    create_stream(&client, &stream, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let data_dir = dir.path().join("data");
+    append_lines(&log, 0, 300);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
+    let mut shipper = Shipper::start(
+        &args(
+            log_s,
+            &stream,
+            &endpoint,
+            data_s,
+            &["--metrics-addr", &addr],
+        ),
+        &[],
+    );
+    shipper.wait_log("serving /metrics", Duration::from_secs(30));
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"data_dir_writable\":true"), "{body}");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+
+    let mut reader = StreamReader::new(&client, &stream).await;
+    reader.wait_for(300, ARRIVAL_TIMEOUT).await;
+    let (_, text) = http_get(&addr, "/metrics");
+    assert_eq!(metric(&text, "shipper_lines_read_total"), 300);
+    assert_eq!(metric(&text, "shipper_records_sent_total"), 300);
+    assert_eq!(metric(&text, "shipper_records_dead_lettered_total"), 0);
+    let expected_bytes: u64 = reader.records.iter().map(|r| r.data.len() as u64).sum();
+    assert_eq!(metric(&text, "shipper_bytes_sent_total"), expected_bytes);
+
+    // A data dir that cannot be written (replaced by a file) makes the shipper not ready.
+    std::fs::rename(&data_dir, dir.path().join("data-moved")).unwrap();
+    std::fs::write(&data_dir, b"not a directory").unwrap();
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"data_dir_writable\":false"), "{body}");
+    shipper.signal("TERM");
+    shipper.wait(EXIT_TIMEOUT);
+}

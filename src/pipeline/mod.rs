@@ -29,6 +29,7 @@ use crate::sinks::kinesis::{self, DeadLetter, RetryPolicy, SdkTransport, Sink};
 use crate::sinks::stdout::StdoutSink;
 use crate::sources::file::{FileSource, FileSourceConfig, LongLinePolicy, ReadFrom};
 use crate::telemetry::Metrics;
+use crate::telemetry::server::{self, Health};
 
 use crate::parse::multiline::{self, JoinerConfig, Multiline};
 use crate::parse::{Enrichment, Format, Formatter, Kubernetes, KubernetesEnvNames, TimeZone};
@@ -112,6 +113,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         ))
     };
 
+    let health = Arc::new(Health::new(
+        Arc::clone(&metrics),
+        (!config.dry_run).then(|| config.data_dir.clone()),
+    ));
+    let stop_server = CancellationToken::new();
+    if let Some(addr) = config.metrics_addr {
+        server::serve(addr, Arc::clone(&health), stop_server.clone())
+            .await
+            .map_err(|error| {
+                Error::Config(format!("cannot listen on metrics address {addr}: {error}"))
+            })?;
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+
     let stop_sources = CancellationToken::new();
     let (tx, rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
     let mut threads = Vec::new();
@@ -169,7 +184,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         let registry = Arc::clone(&registry);
         let dir = config.data_dir.clone();
         let stop = hard_stop.clone();
-        tokio::spawn(async move { checkpoint_loop(registry, dir, stop).await })
+        let health = Arc::clone(&health);
+        tokio::spawn(async move { checkpoint_loop(registry, dir, health, stop).await })
     });
 
     shutdown.cancelled().await;
@@ -207,6 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
             Err(join_error) => error!(error = %join_error, "checkpoint writer failed"),
         }
     }
+    stop_server.cancel();
     let counters = metrics.counters();
     info!(?counters, "shipper stopped");
     Ok(Summary {
@@ -267,7 +284,12 @@ impl Dispatch for Dispatcher {
 }
 
 /// Write the checkpoints whenever they changed, until `stop`.
-async fn checkpoint_loop(registry: Arc<Registry>, dir: PathBuf, stop: CancellationToken) {
+async fn checkpoint_loop(
+    registry: Arc<Registry>,
+    dir: PathBuf,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
     let mut last = None;
     let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,6 +298,7 @@ async fn checkpoint_loop(registry: Arc<Registry>, dir: PathBuf, stop: Cancellati
             _ = interval.tick() => {}
             () = stop.cancelled() => return,
         }
+        health.beat();
         let files = registry.snapshot();
         if last.as_ref() == Some(&files) {
             continue;

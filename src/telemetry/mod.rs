@@ -1,6 +1,7 @@
 //! Tracing set-up and counters.
 
 pub mod metrics;
+pub mod server;
 
 pub use metrics::Metrics;
 

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+set -euo pipefail
+exec python3 "$(dirname "${BASH_SOURCE[0]}")/bench.py" "$@"
