@@ -97,6 +97,13 @@ pub struct Options {
     /// Static field added to json and celery records (repeatable): --field env=prod.
     #[arg(long = "field", value_name = "KEY=VALUE")]
     pub fields: Vec<String>,
+    /// Compress each record's data: none (default), gzip or zstd. Only consumers that decompress
+    /// (such as `shipper consume`) can read compressed records; the KCL, Lambda and Firehose cannot.
+    #[arg(long, env = "SHIPPER_COMPRESS", value_name = "none|gzip|zstd")]
+    pub compress: Option<String>,
+    /// KPL aggregation. Not available in this version: setting it is a configuration error.
+    #[arg(long, env = "SHIPPER_AGGREGATE")]
+    pub aggregate: bool,
     /// How long a record may wait for more records before its batch is sent (default 200ms).
     #[arg(long, env = "SHIPPER_LINGER", value_name = "DURATION")]
     pub linger: Option<String>,

@@ -100,6 +100,9 @@ pub struct FileConfig {
     pub grace_period_ms: Option<u64>,
     pub log_format: Option<String>,
     pub metrics_addr: Option<String>,
+    pub compress: Option<String>,
+    #[serde(default)]
+    pub aggregate: bool,
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
@@ -182,6 +185,8 @@ pub struct Config {
     pub dry_run: bool,
     pub log_format: LogFormat,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    #[serde(serialize_with = "display")]
+    pub compress: crate::compress::Compression,
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -355,7 +360,20 @@ impl Config {
                     .map_err(|error| invalid("metrics_addr", format!("{text:?}: {error}")))?,
             ),
         };
+        if options.aggregate || file.aggregate {
+            return Err(invalid(
+                "aggregate",
+                "KPL aggregation is not available in this version",
+            ));
+        }
+        let compress = match options.compress.clone().or(file.compress) {
+            None => crate::compress::Compression::None,
+            Some(text) => text
+                .parse()
+                .map_err(|error| invalid("compress", format!("{text:?}: {error}")))?,
+        };
         Ok(Config {
+            compress,
             metrics_addr,
             stream,
             region: options.region.clone().or(file.region),
@@ -451,6 +469,20 @@ mod tests {
                     ..options()
                 },
                 "field",
+            ),
+            (
+                Options {
+                    aggregate: true,
+                    ..options()
+                },
+                "aggregate",
+            ),
+            (
+                Options {
+                    compress: Some("lz4".into()),
+                    ..options()
+                },
+                "compress",
             ),
         ];
         for (options, name) in cases {

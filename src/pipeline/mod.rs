@@ -379,5 +379,6 @@ fn record_rules(config: &Config, input: &config::Input) -> Result<RecordRules, E
         template,
         joiner,
         max_data_bytes,
+        compress: config.compress,
     })
 }

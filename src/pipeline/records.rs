@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::ack::{FileId, FileProgress};
+use crate::compress::Compression;
 use crate::parse::multiline::{Event, Joiner, JoinerConfig};
 use crate::parse::{FileContext, FileIdentity, Formatter, RecordFields, Stats};
 use crate::partition_key::{KeyRng, Template};
@@ -27,7 +28,13 @@ pub struct RecordRules {
     pub joiner: JoinerConfig,
     /// Most data bytes in one record (the record limit minus room for the key).
     pub max_data_bytes: usize,
+    /// Applied to each record's data last, after any split.
+    pub compress: Compression,
 }
+
+/// Room left for compression framing when a record's data is compressed: gzip and zstd add a few
+/// bytes of header and block overhead even to data that does not compress.
+const COMPRESSION_SLACK_BYTES: usize = 256;
 
 /// Per-file state: the multiline joiner and what the formatter needs to know of the file.
 struct FileState {
@@ -153,7 +160,11 @@ impl RecordBuilder {
         start: u64,
         end: u64,
     ) -> Result<(), Closed> {
-        if data.len() <= self.rules.max_data_bytes {
+        let max = match self.rules.compress {
+            Compression::None => self.rules.max_data_bytes,
+            _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
+        };
+        if data.len() <= max {
             return self.add(Record {
                 data,
                 partition_key,
@@ -164,7 +175,7 @@ impl RecordBuilder {
         // limit: cut it at character boundaries. Only the last part carries the range, so the
         // checkpoint passes the record once every part is delivered.
         Metrics::add(&self.metrics.records_split_total, 1);
-        let parts = split_at_char_boundaries(&data, self.rules.max_data_bytes);
+        let parts = split_at_char_boundaries(&data, max);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
             let (from, to) = if i == last {
@@ -182,7 +193,10 @@ impl RecordBuilder {
         Ok(())
     }
 
-    fn add(&mut self, record: Record) -> Result<(), Closed> {
+    fn add(&mut self, mut record: Record) -> Result<(), Closed> {
+        if self.rules.compress != Compression::None {
+            record.data = self.rules.compress.compress(&record.data);
+        }
         self.chunk_bytes += record.size();
         self.chunk.push(record);
         if self.chunk.len() >= CHUNK_RECORDS || self.chunk_bytes >= CHUNK_BYTES {
