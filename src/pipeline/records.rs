@@ -123,6 +123,13 @@ impl RecordBuilder {
         let progress = Arc::clone(&state.progress);
         for event in std::mem::take(&mut self.events) {
             let (start, end) = (event.start, event.end);
+            if event.data.is_empty() {
+                // An empty line (or the newline ending a line already shipped as partial) carries
+                // nothing to ship; acknowledging it keeps the checkpoint moving.
+                Metrics::add(&self.metrics.empty_lines_skipped_total, 1);
+                progress.token_in(generation, start, end).ack();
+                continue;
+            }
             let state = &self.files[&id];
             let mut stats = Stats::default();
             let formatted =

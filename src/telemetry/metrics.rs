@@ -47,6 +47,8 @@ counters! {
     throttled_total,
     /// Lines whose invalid UTF-8 was replaced.
     lossy_utf8_total,
+    /// Empty lines, acknowledged without being shipped.
+    empty_lines_skipped_total,
     /// Records that did not parse in their format (json, celery), shipped wrapped.
     parse_errors_total,
     /// Records cut into parts because they were over the record size limit.
