@@ -409,3 +409,93 @@ async fn metrics_count_what_was_shipped_and_readiness_follows_the_data_dir() {
     shipper.signal("TERM");
     shipper.wait(EXIT_TIMEOUT);
 }
+
+/// A line that starts a Celery record: `[YYYY-MM-DD HH:MM:SS,mmm: ...`.
+fn prefixed(line: &str) -> bool {
+    line.starts_with("[20") && line.get(24..25) == Some(":")
+}
+
+/// The Celery fixture shipped with `--format celery`, stopped and restarted in the middle of a
+/// traceback: every record comes back as a JSON envelope, task ids where the line had one, and
+/// no line of the file is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback() {
+    let fixture =
+        std::fs::read(repo_root().join("../shared/fixtures/celery/worker.log")).expect("fixture");
+    let text = String::from_utf8_lossy(&fixture).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    // Cut just after the first line of a traceback, so the record is incomplete at the stop.
+    let cut_line = lines
+        .iter()
+        .position(|l| l.starts_with("Traceback"))
+        .expect("a traceback")
+        + 1;
+    let cut: usize = lines[..cut_line].iter().map(|l| l.len() + 1).sum();
+    let expected_records = lines.iter().filter(|l| prefixed(l)).count();
+
+    let endpoint = default_localstack();
+    let client = client(&endpoint).await;
+    let stream = unique_stream("celery");
+    create_stream(&client, &stream, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let data_dir = dir.path().join("data");
+    std::fs::write(&log, &fixture[..cut]).unwrap();
+    let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
+    let extra = ["--format", "celery"];
+    let mut first = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    first.wait_log("shipper started", Duration::from_secs(30));
+    let mut reader = StreamReader::new(&client, &stream).await;
+    let records_before_cut = lines[..cut_line].iter().filter(|l| prefixed(l)).count();
+    // The last record (waiting for the rest of its traceback) goes out at the stop at the latest.
+    reader
+        .wait_for(records_before_cut - 1, ARRIVAL_TIMEOUT)
+        .await;
+    first.signal("TERM");
+    assert_eq!(first.wait(EXIT_TIMEOUT).0, Some(0));
+
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, &fixture[cut..]).unwrap();
+    let mut second = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    second.wait_log("shipper started", Duration::from_secs(30));
+    // One more record than the file has prefixed lines: the traceback's rest, after the restart.
+    reader.wait_for(expected_records + 1, ARRIVAL_TIMEOUT).await;
+    second.signal("TERM");
+    assert_eq!(second.wait(EXIT_TIMEOUT).0, Some(0));
+    reader.poll().await;
+
+    let records: Vec<serde_json::Value> = reader
+        .texts()
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("a JSON envelope"))
+        .collect();
+    assert_eq!(records.len(), expected_records + 1);
+    let mut messages = String::new();
+    let mut by_offset: Vec<&serde_json::Value> = records.iter().collect();
+    by_offset.sort_by_key(|r| r["offset"].as_u64().unwrap());
+    for record in &by_offset {
+        messages.push_str(record["message"].as_str().unwrap());
+        messages.push('\n');
+        let message = record["message"].as_str().unwrap();
+        if let Some(rest) = message.strip_prefix("Task ") {
+            let id = rest
+                .split('[')
+                .nth(1)
+                .and_then(|s| s.split(']').next())
+                .unwrap();
+            assert_eq!(record["task_id"].as_str(), Some(id), "{record}");
+        }
+    }
+    let with_task_id = records.iter().filter(|r| r["task_id"].is_string()).count();
+    assert!(
+        with_task_id > 100,
+        "task ids are extracted ({with_task_id})"
+    );
+    // Every continuation line of the file (traceback lines included) arrived inside some record.
+    for line in lines
+        .iter()
+        .filter(|l| !prefixed(l) && !l.trim().is_empty())
+    {
+        assert!(messages.contains(line), "missing line {line:?}");
+    }
+}
