@@ -294,6 +294,12 @@ impl Config {
             let (key, value) = field
                 .split_once('=')
                 .ok_or_else(|| invalid("field", format!("{field:?}: expected KEY=VALUE")))?;
+            if crate::parse::enrich::RECORD_KEYS.contains(&key) {
+                return Err(invalid(
+                    "field",
+                    format!("{key:?} is set per record and cannot be a static field"),
+                ));
+            }
             fields.insert(key.to_string(), value.to_string());
         }
         let linger = match (&options.linger, file.linger_ms) {
