@@ -1,7 +1,7 @@
 # Entry points. `make demo` shows the shipper working against a local LocalStack; `make test` runs
 # every test (unit, property, LocalStack integration, crash, chart and Dockerfile lint).
 
-.PHONY: all build release demo test test-unit lint localstack-up localstack-down bench clean
+.PHONY: all build release demo test test-unit lint localstack-up localstack-down bench bench-parse clean
 
 all: build
 
@@ -32,6 +32,9 @@ localstack-down:
 
 bench:
 	scripts/bench.sh
+
+bench-parse:
+	scripts/bench_parse.py
 
 clean:
 	cargo clean
