@@ -16,11 +16,14 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "test tools"
 scripts/install-tools.sh
 
-started_localstack=0
-if ! curl -fsS "http://127.0.0.1:${LOCALSTACK_PORT:-4566}/_localstack/health" >/dev/null 2>&1; then
-  started_localstack=1
-fi
-cleanup() { if [ "$started_localstack" = 1 ]; then localstack/stop.sh || true; fi; }
+# The tests use LocalStack on 4566, and a second instance with injected failures on 4567 that
+# they start themselves; stop whichever of them this run started.
+up() { curl -fsS "http://127.0.0.1:$1/_localstack/health" >/dev/null 2>&1; }
+to_stop=()
+for port in 4566 4567; do up "$port" || to_stop+=("$port"); done
+cleanup() {
+  for port in "${to_stop[@]}"; do LOCALSTACK_PORT=$port localstack/stop.sh >/dev/null 2>&1 || true; done
+}
 trap cleanup EXIT
 step "localstack"
 localstack/start.sh
