@@ -116,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     let health = Arc::new(Health::new(
         Arc::clone(&metrics),
         (!config.dry_run).then(|| config.data_dir.clone()),
+        Arc::clone(&registry),
     ));
     let stop_server = CancellationToken::new();
     if let Some(addr) = config.metrics_addr {

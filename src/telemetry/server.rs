@@ -28,6 +28,8 @@ pub struct Health {
     pub data_dir: Option<PathBuf>,
     /// Unix seconds of the checkpoint loop's last turn (0: not started).
     pub heartbeat: AtomicU64,
+    /// Every tracked file's progress, for the per-file lag.
+    pub registry: Arc<crate::ack::Registry>,
 }
 
 impl Health {
