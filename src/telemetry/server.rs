@@ -33,11 +33,16 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(metrics: Arc<Metrics>, data_dir: Option<PathBuf>) -> Health {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        data_dir: Option<PathBuf>,
+        registry: Arc<crate::ack::Registry>,
+    ) -> Health {
         Health {
             metrics,
             data_dir,
             heartbeat: AtomicU64::new(now()),
+            registry,
         }
     }
 
