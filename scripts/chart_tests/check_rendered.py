@@ -1,8 +1,11 @@
 """Assert the sidecar wiring in manifests rendered by `helm template` from helm/shipper.
 
-Usage: check_rendered.py RENDERED.yaml [--native|--classic] [--role-arn ARN] [--config]
-       [--stream NAME] [--endpoint URL] [--socket] [--service-monitor] [--metrics-port N]
-       [--scrape-annotations]
+Usage: check_rendered.py RENDERED.yaml [--native|--classic] [--role-arn ARN]
+       [--config [--config-file FILE]] [--stream NAME] [--endpoint URL] [--aggregate]
+       [--compress none|gzip|zstd] [--service-monitor] [--metrics-port N] [--scrape-annotations]
+
+--config-file: the file given to helm with --set-file config.toml=FILE; the ConfigMap must carry
+it unchanged, and every input path in it must lie in the log directory both containers mount.
 
 Prints one line per failed expectation and exits 1 if any failed, 0 otherwise. Needs PyYAML
 (the tools venv has it through kubernetes-validate).
@@ -11,6 +14,7 @@ Prints one line per failed expectation and exits 1 if any failed, 0 otherwise. N
 import argparse
 import re
 import sys
+import tomllib
 
 import yaml
 
@@ -72,9 +76,11 @@ def main():
     mode.add_argument("--classic", dest="native", action="store_false")
     parser.add_argument("--role-arn")
     parser.add_argument("--config", action="store_true")
+    parser.add_argument("--config-file")
     parser.add_argument("--stream")
     parser.add_argument("--endpoint")
-    parser.add_argument("--socket", action="store_true")
+    parser.add_argument("--aggregate", action="store_true")
+    parser.add_argument("--compress", default="none")
     parser.add_argument("--service-monitor", action="store_true")
     parser.add_argument("--metrics-port", type=int, default=9090)
     parser.add_argument("--scrape-annotations", action="store_true")
@@ -154,6 +160,8 @@ def main():
                 "config: no checksum/config annotation (pods would not restart on a config change)")
         for name in ("SHIPPER_FORMAT", "SHIPPER_MULTILINE", "SHIPPER_READ_FROM", "SHIPPER_PARTITION_KEY"):
             c.check(name not in env, f"config: {name} is set and would override the file")
+        if args.config_file and configmaps:
+            check_config_file(c, configmaps[0], args.config_file, log_dir)
     else:
         c.check(shipper_args[:1] == ["tail"], f"tail: args are {shipper_args}")
         paths = shipper_args[shipper_args.index("--") + 1:] if "--" in shipper_args else []
@@ -162,16 +170,18 @@ def main():
         c.check("ConfigMap" not in by_kind, "tail: a ConfigMap is rendered")
         for name in ("SHIPPER_FORMAT", "SHIPPER_MULTILINE", "SHIPPER_READ_FROM", "SHIPPER_COMPRESS"):
             c.check(name in env, f"tail: {name} is not set")
+        c.check(env.get("SHIPPER_COMPRESS") == args.compress,
+                f"tail: SHIPPER_COMPRESS is {env.get('SHIPPER_COMPRESS')!r}, expected {args.compress!r}")
+        # The shipper reads SHIPPER_AGGREGATE as a boolean flag: "true", or no variable at all.
+        expected_aggregate = "true" if args.aggregate else None
+        c.check(env.get("SHIPPER_AGGREGATE") == expected_aggregate,
+                f"tail: SHIPPER_AGGREGATE is {env.get('SHIPPER_AGGREGATE')!r}, expected {expected_aggregate!r}")
     c.check(env.get("SHIPPER_STREAM") == args.stream, f"SHIPPER_STREAM is {env.get('SHIPPER_STREAM')!r}, expected {args.stream!r}")
     c.check(env.get("SHIPPER_ENDPOINT_URL") == args.endpoint,
             f"SHIPPER_ENDPOINT_URL is {env.get('SHIPPER_ENDPOINT_URL')!r}, expected {args.endpoint!r}")
-    socket_args = [arg for arg in shipper_args if arg.startswith("--socket=")]
-    if args.socket:
-        socket_dir = (shipper_mounts.get("socket") or {}).get("mountPath", "")
-        c.check(len(socket_args) == 1 and socket_args[0].startswith(f"--socket=unix://{socket_dir}/"),
-                f"socket: {socket_args} is not a unix socket in {socket_dir}")
-    else:
-        c.check(not socket_args, f"a socket is configured: {socket_args}")
+    # The shipper has no socket input in this version: a --socket flag would stop it at start-up.
+    socket_args = [arg for arg in shipper_args if arg.startswith("--socket")]
+    c.check(not socket_args, f"a socket flag is rendered, which the shipper rejects: {socket_args}")
 
     # Probes, security, resources, grace period.
     check_probes(c, shipper, args.metrics_port)
@@ -218,6 +228,25 @@ def main():
         c.check(not monitors, "a ServiceMonitor is rendered while it is off")
 
     return report(c)
+
+
+def check_config_file(c, configmap, path, log_dir):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    rendered = configmap.get("data", {}).get("shipper.toml", "")
+    c.check(rendered.rstrip("\n") == text.rstrip("\n"),
+            f"config: the ConfigMap's shipper.toml differs from {path}")
+    try:
+        config = tomllib.loads(rendered)
+    except tomllib.TOMLDecodeError as error:
+        c.check(False, f"config: the ConfigMap's shipper.toml is not TOML: {error}")
+        return
+    inputs = config.get("input") or []
+    c.check(inputs, "config: the file has no [[input]]")
+    for item in inputs:
+        for pattern in item.get("paths") or []:
+            c.check(pattern.startswith(log_dir + "/"),
+                    f"config: input path {pattern} is outside the shared log directory {log_dir}")
 
 
 def report(c):

@@ -72,9 +72,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 Render-time checks that a schema cannot express: the stream (unless a config file is used), the
-grace-period relation, and the Kubernetes version native sidecars need.
+grace-period relation, the Kubernetes version native sidecars need, and settings the shipper
+binary does not have yet (a clear message here beats a pod that crash-loops on an unknown flag).
 */}}
 {{- define "shipper.validate" -}}
+{{- if .Values.shipper.socket.enabled }}
+{{- fail "shipper.socket.enabled: the socket input is not available in this version of the shipper; ship log files (shipper.paths or config.toml) and leave shipper.socket.enabled false" }}
+{{- end }}
 {{- if not (include "shipper.configEnabled" .) }}
 {{- if not (trim (toString .Values.shipper.stream)) }}
 {{- fail "shipper.stream is required: the Kinesis stream to write to (or set config.toml to a config file that names it)" }}
@@ -160,9 +164,6 @@ grace-period relation, and the Kubernetes version native sidecars need.
 - --config=/etc/shipper/shipper.toml
 {{- else }}
 - tail
-{{- end }}
-{{- if $s.socket.enabled }}
-- {{ printf "--socket=unix://%s/%s" .Values.socketDir.mountPath $s.socket.fileName | quote }}
 {{- end }}
 {{- if gt (int $s.concurrency) 0 }}
 - {{ printf "--concurrency=%d" (int $s.concurrency) | quote }}
