@@ -1,24 +1,54 @@
 #!/usr/bin/env python3
-"""Throughput benchmark: ship a large file of ~200-byte lines to the in-repo fake Kinesis endpoint.
+"""Benchmark suite: the release shipper against the in-repo Kinesis endpoint (fake-kinesis).
 
-Prints lines/s, MB/s, CPU-seconds per GB and peak RSS of the shipper process (from wait4), and the
-idle RSS of a shipper tailing an empty file. Every line is checked to have arrived: the endpoint
-counts the user records it accepted.
+Scenarios (each prints a Markdown table; every run checks through the endpoint's /stats that every
+line arrived, and fails loudly otherwise):
 
-    scripts/bench.py [--size-mib 1024] [--line-bytes 200] [--aggregate] [--compress gzip]
+  A  a large file (1 GiB; --size-mib), no shard limits: lines/s, MB/s, CPU-seconds per GB, peak
+     RSS (wait4), and the idle RSS of a shipper tailing an empty file.
+  B  one shard WITH the Kinesis write limits (1000 records/s, 1 MiB/s), a Celery-like corpus of
+     ~150-byte lines: user lines per second through the shard for raw, --aggregate,
+     --aggregate --compress gzip and --aggregate --compress zstd.
+  C  30% per-entry failures and 5% HTTP 500s (--track-duplicates), raw and --aggregate: every
+     line delivered; duplicates (endpoint) and retries (shipper's /metrics).
+  D  latency from write to acceptance by the endpoint at a low rate (200 lines/s for 10 s):
+     each line carries its write time; the endpoint's stored records (GetRecords) carry their
+     arrival time. p50, p90, p99, max.
+
+    scripts/bench.sh                         # everything, full sizes
+    scripts/bench.sh --quick                 # smaller inputs: a few minutes on 2 cores
+    scripts/bench.sh --scenario A,B --size-mib 256
+
+Timings are measured, never asserted. A mode the shipper refuses (exit 64, e.g. a flag this
+build does not have) is reported as such and does not stop the suite.
 """
 import argparse
+import base64
+import gzip
 import json
 import os
+import random
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
+DEADLINE_SECONDS = 900
+
+
+class Refused(Exception):
+    """The shipper exited 64: it does not accept these flags (usage or configuration error)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
 
 
 def make_file(path, size_mib, line_bytes):
@@ -34,19 +64,118 @@ def make_file(path, size_mib, line_bytes):
     return lines, os.path.getsize(path)
 
 
-def stats(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+TASKS = [
+    "orders.tasks.sync_inventory", "billing.tasks.charge_invoice", "mail.tasks.send_welcome_email",
+    "reports.tasks.build_monthly_pdf", "search.tasks.reindex_product", "users.tasks.refresh_avatar",
+    "payments.tasks.reconcile_ledger", "notifications.tasks.push_mobile", "etl.tasks.load_partition",
+    "media.tasks.transcode_video",
+]
+RESULTS = ["None", "True", "{'synced': %d}", "'ok'", "{'rows': %d, 'skipped': 0}", "[%d, 17]"]
+MESSAGES = [
+    "Fetching page %d of upstream catalogue",
+    "Charged customer cus_%06d amount=%d.%02d EUR",
+    "Rendering template welcome_v%d.html for user %d",
+    "Cache miss for key product:%d, loading from db",
+    "Uploaded %d bytes to s3://media-bucket/out/%d.mp4",
+    "Retrying request to api.partner.example after HTTP 503 (request %d)",
+]
+
+
+def celery_corpus(count, seed=4):
+    """Realistic Celery worker lines, ~150 bytes each, every line different.
+
+    Tasks are received, log a message or two, and succeed (sometimes retry or fail), interleaved
+    across pool processes; task ids are random UUIDs, timestamps advance. Compressible the way
+    real logs are (shared vocabulary), not a repeated constant.
+    """
+    rng = random.Random(seed)
+    clock = 1_795_000_000.0
+    lines = []
+    live = []
+    while len(lines) < count:
+        clock += rng.expovariate(1 / 0.004)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(clock)) + f",{int(clock * 1000) % 1000:03d}"
+        worker = f"ForkPoolWorker-{rng.randint(1, 16)}"
+        if not live or (len(live) < 40 and rng.random() < 0.35):
+            task = (rng.choice(TASKS), str(uuid.UUID(int=rng.getrandbits(128), version=4)), 0)
+            live.append(task)
+            lines.append(f"[{stamp}: INFO/MainProcess] Task {task[0]}[{task[1]}] received")
+            continue
+        index = rng.randrange(len(live))
+        name, task_id, step = live[index]
+        roll = rng.random()
+        if step < 2 and roll < 0.55:
+            template = rng.choice(MESSAGES)
+            text = template % tuple(rng.randint(1, 99999) for _ in range(template.count("%")))
+            lines.append(f"[{stamp}: INFO/{worker}] {name}[{task_id}]: {text}")
+            live[index] = (name, task_id, step + 1)
+        elif roll < 0.62:
+            lines.append(f"[{stamp}: WARNING/{worker}] Task {name}[{task_id}] retry: Retry in "
+                         f"{rng.choice([5, 10, 30, 60])}s: ConnectionError('timed out')")
+            live[index] = (name, task_id, step + 1)
+        elif roll < 0.64:
+            lines.append(f"[{stamp}: ERROR/{worker}] Task {name}[{task_id}] raised unexpected: "
+                         f"KeyError('sku-{rng.randint(1000, 9999)}')")
+            live.pop(index)
+        else:
+            result = rng.choice(RESULTS)
+            if "%d" in result:
+                result = result % rng.randint(1, 5000)
+            lines.append(f"[{stamp}: INFO/{worker}] Task {name}[{task_id}] succeeded in "
+                         f"{rng.expovariate(1 / 0.08):.6f}s: {result}")
+            live.pop(index)
+    return lines[:count]
+
+
+def write_lines(path, lines):
+    with open(path, "w") as out:
+        out.write("\n".join(lines))
+        out.write("\n")
+    return os.path.getsize(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes
+
+
+def get_json(port, path, method="GET", body=None, timeout=10):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
 
 
-def start_endpoint(shards, threads):
-    endpoint = subprocess.Popen(
-        [os.path.join(RELEASE, "fake-kinesis"), "--addr", "127.0.0.1:0", "--stream", "bench",
-         "--shards", str(shards), "--threads", str(threads)],
-        stdout=subprocess.PIPE, text=True)
-    first = endpoint.stdout.readline().strip()
-    port = int(first.rsplit(":", 1)[1])
-    return endpoint, port
+def stats(port):
+    return get_json(port, "/stats")
+
+
+def kinesis_call(port, operation, payload):
+    """One call of the Kinesis JSON 1.1 protocol (the endpoint does not check signatures)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/", data=json.dumps(payload).encode(), method="POST",
+        headers={"X-Amz-Target": f"Kinesis_20131202.{operation}",
+                 "Content-Type": "application/x-amz-json-1.1"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+class Endpoint:
+    def __init__(self, *flags, shards=1, threads=1):
+        self.process = subprocess.Popen(
+            [os.path.join(RELEASE, "fake-kinesis"), "--addr", "127.0.0.1:0", "--stream", "bench",
+             "--shards", str(shards), "--threads", str(threads), *flags],
+            stdout=subprocess.PIPE, text=True)
+        first = self.process.stdout.readline().strip()
+        if not first.startswith("listening on "):
+            raise SystemExit(f"fake-kinesis did not start: {first!r}")
+        self.port = int(first.rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self):
+        return stats(self.port)
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait()
 
 
 def shipper_env():
@@ -54,6 +183,12 @@ def shipper_env():
     env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
                AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn")
     return env
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def rss_kib(pid):
@@ -64,51 +199,152 @@ def rss_kib(pid):
     return 0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--line-bytes", type=int, default=200)
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--endpoint-threads", type=int, default=1)
-    parser.add_argument("--extra", default="", help="extra shipper flags, e.g. '--aggregate'")
-    args = parser.parse_args()
+def start_shipper(log, endpoint, data_dir, flags):
+    command = [os.path.join(RELEASE, "shipper"), "tail", log, "--stream", "bench",
+               "--endpoint-url", endpoint.url, "--data-dir", data_dir] + flags
+    return subprocess.Popen(command, env=shipper_env(), stderr=subprocess.PIPE, text=True)
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="shipper-bench-")
+
+def check_alive(shipper, what):
+    if shipper.poll() is None:
+        return
+    error = shipper.stderr.read()
+    if shipper.returncode == 64:
+        raise Refused(error.strip().splitlines()[-1] if error.strip() else "exit 64")
+    raise SystemExit(f"shipper exited early with {shipper.returncode} ({what}):\n{error[-2000:]}")
+
+
+def stop_shipper(shipper):
+    """SIGTERM, then the exit status and resource usage (wait4)."""
+    shipper.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(shipper.pid, 0)
+    shipper.returncode = os.waitstatus_to_exitcode(status)
+    shipper.stderr.close()
+    return os.waitstatus_to_exitcode(status), usage
+
+
+def ship_until(log, endpoint, data_dir, flags, arrived, what):
+    """Start a shipper on `log`; poll the endpoint until `arrived(stats)`; stop it.
+
+    Returns (elapsed seconds from start to arrival, exit code, rusage, final stats).
+    """
+    started = time.monotonic()
+    shipper = start_shipper(log, endpoint, data_dir, flags)
+    try:
+        while True:
+            current = endpoint.stats()
+            if arrived(current):
+                break
+            check_alive(shipper, what)
+            if time.monotonic() - started > DEADLINE_SECONDS:
+                raise SystemExit(f"{what}: not everything arrived within {DEADLINE_SECONDS} s: {current}")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+    except BaseException:
+        if shipper.poll() is None:
+            shipper.kill()
+            shipper.wait()
+        raise
+    code, usage = stop_shipper(shipper)
+    return elapsed, code, usage, endpoint.stats()
+
+
+def table(headers, rows):
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print()
+
+
+# ----------------------------------------------------------------------------------------------
+# KPL de-aggregation (for scenario D's latencies; the endpoint does its own counting)
+
+KPL_MAGIC = b"\xf3\x89\x9a\xc2"
+
+
+def varint(data, pos):
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def protobuf_fields(data):
+    pos = 0
+    while pos < len(data):
+        key, pos = varint(data, pos)
+        field, kind = key >> 3, key & 7
+        if kind == 0:
+            value, pos = varint(data, pos)
+        elif kind == 2:
+            length, pos = varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        else:
+            raise ValueError(f"unexpected wire type {kind}")
+        yield field, value
+
+
+def user_records(data):
+    """User record payloads of one Kinesis record (decompressed if gzip; KPL de-aggregated)."""
+    if data.startswith(b"\x1f\x8b"):
+        data = gzip.decompress(data)
+    if not data.startswith(KPL_MAGIC):
+        return [data]
+    body = data[len(KPL_MAGIC):-16]
+    return [value for field, record in protobuf_fields(body) if field == 3
+            for inner, value in protobuf_fields(record) if inner == 3]
+
+
+def stored_records(port, stream="bench"):
+    """Every stored Kinesis record of every shard, through GetRecords, with its arrival time."""
+    shards = kinesis_call(port, "ListShards", {"StreamName": stream})["Shards"]
+    for shard in shards:
+        iterator = kinesis_call(port, "GetShardIterator", {
+            "StreamName": stream, "ShardId": shard["ShardId"],
+            "ShardIteratorType": "TRIM_HORIZON"})["ShardIterator"]
+        while iterator:
+            page = kinesis_call(port, "GetRecords", {"ShardIterator": iterator})
+            for record in page["Records"]:
+                yield record["ApproximateArrivalTimestamp"], base64.b64decode(record["Data"])
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def scenario_a(args, work):
     log = os.path.join(work, "big.log")
     lines, size = make_file(log, args.size_mib, args.line_bytes)
-    endpoint, port = start_endpoint(args.shards, args.endpoint_threads)
+    endpoint = Endpoint(shards=args.shards, threads=args.endpoint_threads)
+    flags = ["--linger", "50ms"] + args.extra.split()
     try:
-        command = [os.path.join(RELEASE, "shipper"), "tail", log, "--stream", "bench",
-                   "--endpoint-url", f"http://127.0.0.1:{port}", "--data-dir", os.path.join(work, "data"),
-                   "--linger", "50ms"] + args.extra.split()
-        started = time.monotonic()
-        shipper = subprocess.Popen(command, env=shipper_env())
-        while True:
-            accepted = stats(port).get("user_records_accepted", 0)
-            if accepted >= lines:
-                break
-            if shipper.poll() is not None:
-                sys.exit(f"shipper exited early with {shipper.returncode}; {accepted} of {lines} arrived")
-            time.sleep(0.05)
-        elapsed = time.monotonic() - started
-        shipper.send_signal(signal.SIGTERM)
-        _, status, usage = os.wait4(shipper.pid, 0)
+        elapsed, code, usage, final = ship_until(
+            log, endpoint, os.path.join(work, "a-data"), flags,
+            lambda s: s.get("user_records_accepted", 0) >= lines, "scenario A")
         cpu = usage.ru_utime + usage.ru_stime
-        final = stats(port)
 
         idle_log = os.path.join(work, "idle.log")
         open(idle_log, "w").close()
-        idle = subprocess.Popen([os.path.join(RELEASE, "shipper"), "tail", idle_log, "--stream", "bench",
-                                 "--endpoint-url", f"http://127.0.0.1:{port}",
-                                 "--data-dir", os.path.join(work, "idle-data")], env=shipper_env())
+        idle = start_shipper(idle_log, endpoint, os.path.join(work, "idle-data"), [])
         time.sleep(3)  # let it settle into its idle loop; nothing is asserted on this
+        check_alive(idle, "idle")
         idle_rss = rss_kib(idle.pid)
-        idle.send_signal(signal.SIGTERM)
-        idle.wait()
+        stop_shipper(idle)
     finally:
-        endpoint.terminate()
-        endpoint.wait()
+        endpoint.close()
         for name in ("big.log", "idle.log"):
             try:
                 os.remove(os.path.join(work, name))
@@ -116,19 +352,277 @@ def main():
                 pass
 
     mb = size / 1e6
-    print(f"machine: {os.cpu_count()} cores; file: {size / 2**20:.0f} MiB, {lines} lines of {args.line_bytes} B;"
-          f" shards: {args.shards}; flags: {args.extra or '(none)'}")
-    print("| metric | value |\n|---|---|")
-    print(f"| lines/s | {lines / elapsed:,.0f} |")
-    print(f"| MB/s | {mb / elapsed:,.1f} |")
-    print(f"| CPU-seconds per GB | {cpu / (size / 1e9):.2f} |")
-    print(f"| peak RSS | {usage.ru_maxrss / 1024:.1f} MiB |")
-    print(f"| idle RSS | {idle_rss / 1024:.1f} MiB |")
-    print(f"| records accepted / lines | {final.get('user_records_accepted')} / {lines} |")
-    print(f"| PutRecords calls | {final.get('put_records_calls')} |")
-    print(f"| exit status | {os.waitstatus_to_exitcode(status)} |")
+    print(f"### A: large file, no shard limits\n")
+    print(f"file: {size / 2**20:.0f} MiB, {lines} lines of {args.line_bytes} B; shards: {args.shards}; "
+          f"endpoint threads: {args.endpoint_threads}; flags: {' '.join(flags)}\n")
+    table(["metric", "value"], [
+        ["lines/s", f"{lines / elapsed:,.0f}"],
+        ["MB/s", f"{mb / elapsed:,.1f}"],
+        ["CPU-seconds per GB", f"{cpu / (size / 1e9):.2f}"],
+        ["CPU use (CPU-s / wall-s)", f"{cpu / elapsed:.2f}"],
+        ["peak RSS", f"{usage.ru_maxrss / 1024:.1f} MiB"],
+        ["idle RSS", f"{idle_rss / 1024:.1f} MiB"],
+        ["records accepted / lines", f"{final.get('user_records_accepted')} / {lines}"],
+        ["PutRecords calls", final.get("put_records_calls")],
+        ["exit status", code],
+    ])
     if final.get("user_records_accepted", 0) < lines:
-        sys.exit("not every line arrived")
+        sys.exit("scenario A: not every line arrived")
+
+
+B_MODES = [
+    ("raw", []),
+    ("aggregate", ["--aggregate"]),
+    ("aggregate + gzip", ["--aggregate", "--compress", "gzip"]),
+    ("aggregate + zstd", ["--aggregate", "--compress", "zstd"]),
+]
+
+
+def scenario_b(args, work):
+    count_raw, count_agg = args.b_lines_raw, args.b_lines_agg
+    corpus = celery_corpus(max(count_raw, count_agg))
+    mean = sum(len(line) + 1 for line in corpus) / len(corpus)
+    rows = []
+    for name, mode_flags in B_MODES:
+        count = count_raw if name == "raw" else count_agg
+        log = os.path.join(work, f"b-{len(rows)}.log")
+        size = write_lines(log, corpus[:count])
+        endpoint = Endpoint("--shard-limits", shards=1)
+        flags = mode_flags + args.b_flags.split()
+        try:
+            elapsed, code, usage, final = ship_until(
+                log, endpoint, os.path.join(work, f"b-data-{len(rows)}"), flags,
+                lambda s: s.get("user_records_accepted", 0) >= count, f"scenario B {name}")
+        except Refused as refusal:
+            rows.append([name, " ".join(flags), count, "refused (exit 64)", str(refusal)[:80],
+                         "", "", "", "", ""])
+            continue
+        finally:
+            endpoint.close()
+            os.remove(log)
+        records = final["kinesis_records_accepted"]
+        cpu = usage.ru_utime + usage.ru_stime
+        rows.append([
+            name, " ".join(flags) or "(none)", count, f"{count / elapsed:,.0f}", f"{elapsed:.1f}",
+            f"{records / elapsed:,.0f}", f"{final['user_records_accepted'] / max(records, 1):,.1f}",
+            f"{final['user_bytes_accepted'] / max(final['bytes'], 1):.2f}",
+            final["throttled"], f"{cpu:.2f}",
+        ])
+        if final.get("user_records_accepted", 0) < count or code != 0:
+            sys.exit(f"scenario B {name}: not every line arrived or exit {code}: {final}")
+    print("### B: one shard with the Kinesis write limits (1000 records/s, 1 MiB/s)\n")
+    print(f"Celery-like corpus, mean line {mean:.0f} B (newline included); time from start until "
+          f"the endpoint accepted every line.\n")
+    table(["mode", "flags", "lines", "lines/s", "seconds", "Kinesis records/s",
+           "lines per Kinesis record", "user bytes / sent bytes", "throttled entries", "CPU-s"],
+          rows)
+
+
+def metric(text, name):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            rest = line[len(name):]
+            if rest[:1] in (" ", "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+C_MODES = [("raw", []), ("aggregate", ["--aggregate"])]
+
+
+def run_c(args, work, name, mode_flags, corpus):
+    """One mode of scenario C; returns its table column or None when the shipper refuses it."""
+    count = len(corpus)
+    log = os.path.join(work, f"c-{name}.log")
+    write_lines(log, corpus)
+    endpoint = Endpoint("--fail-records", "0.3", "--fail-http", "0.05", "--track-duplicates",
+                        shards=4)
+    metrics_port = free_port()
+    flags = mode_flags + ["--linger", "50ms"] + args.c_flags.split()
+    started = time.monotonic()
+    shipper = start_shipper(log, endpoint, os.path.join(work, f"c-data-{name}"),
+                            flags + ["--metrics-addr", f"127.0.0.1:{metrics_port}"])
+    try:
+        while True:
+            current = endpoint.stats()
+            unique = current["user_records_accepted"] - current["duplicate_user_records"]
+            if unique >= count:
+                break
+            check_alive(shipper, f"scenario C {name}")
+            if time.monotonic() - started > DEADLINE_SECONDS:
+                raise SystemExit(f"scenario C {name}: {unique} of {count} lines after {DEADLINE_SECONDS} s")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+    except Refused as refusal:
+        return [name, " ".join(flags), "refused (exit 64)", str(refusal)[:80]] + [""] * 9
+    except BaseException:
+        if shipper.poll() is None:
+            shipper.kill()
+            shipper.wait()
+        raise
+    finally:
+        endpoint_stats = endpoint.stats() if endpoint.process.poll() is None else {}
+        endpoint.close()
+        os.remove(log)
+    code, _ = stop_shipper(shipper)
+    final = endpoint_stats
+    duplicates = final["duplicate_user_records"]
+    delivered = final["user_records_accepted"] - duplicates
+    if delivered < count or code != 0:
+        sys.exit(f"scenario C {name}: {delivered} of {count} lines delivered, exit {code}")
+    return [
+        name, " ".join(flags), f"{delivered} / {count}", duplicates,
+        final["failed_entries_injected"], final["http_5xx_injected"],
+        f"{metric(metrics, 'shipper_records_retried_total'):.0f}",
+        f"{metric(metrics, 'shipper_put_records_requests_total'):.0f}",
+        f"{metric(metrics, 'shipper_put_records_failed_total'):.0f}",
+        f"{metric(metrics, 'shipper_records_dead_lettered_total'):.0f}",
+        f"{elapsed:.1f}", f"{count / elapsed:,.0f}", code,
+    ]
+
+
+def scenario_c(args, work):
+    corpus = celery_corpus(args.c_lines, seed=11)
+    assert len(set(corpus)) == len(corpus), "duplicate counting needs unique lines"
+    rows = [run_c(args, work, name, flags, corpus) for name, flags in C_MODES]
+    print("### C: 30% per-entry failures, 5% HTTP 500 (4 shards, no shard limits)\n")
+    print(f"{args.c_lines} Celery-like lines, all different. Duplicates: user records whose data the "
+          "endpoint had already accepted. Retries: the shipper's shipper_records_retried_total "
+          "(Kinesis records, not lines, when aggregating).\n")
+    table(["mode", "flags", "distinct lines delivered / written", "duplicates",
+           "entries failed (injected)", "HTTP 500 (injected)", "records retried",
+           "PutRecords requests", "failed entries seen", "dead-lettered", "seconds", "lines/s",
+           "exit"], rows)
+
+
+D_MODES = [("raw", []), ("aggregate", ["--aggregate"])]
+
+
+def scenario_d(args, work):
+    rate, seconds = args.d_rate, args.d_seconds
+    count = rate * seconds
+    rows = []
+    for name, mode_flags in D_MODES:
+        log = os.path.join(work, f"d-{name}.log")
+        open(log, "w").close()
+        endpoint = Endpoint("--store", shards=1)
+        flags = mode_flags + args.d_flags.split()
+        shipper = start_shipper(log, endpoint, os.path.join(work, f"d-data-{name}"), flags)
+        try:
+            # Ready when the file has been opened and one line made the round trip.
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, f"warm-up {time.time():.6f}\n".encode())
+            deadline = time.monotonic() + 60
+            while endpoint.stats()["user_records_accepted"] < 1:
+                check_alive(shipper, f"scenario D {name}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"scenario D {name}: the warm-up line never arrived")
+                time.sleep(0.01)
+            start = time.monotonic()
+            for i in range(count):
+                target = start + i / rate
+                pause = target - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                line = (f"[2026-11-22 10:00:00,000: INFO/ForkPoolWorker-1] latency probe seq={i:06d} "
+                        f"written={time.time():.6f}\n")
+                os.write(fd, line.encode())
+            os.close(fd)
+            deadline = time.monotonic() + 60
+            while endpoint.stats()["user_records_accepted"] < count + 1:
+                check_alive(shipper, f"scenario D {name}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"scenario D {name}: not every line arrived: {endpoint.stats()}")
+                time.sleep(0.01)
+            code, _ = stop_shipper(shipper)
+        except Refused as refusal:
+            rows.append([name, " ".join(flags), "refused (exit 64)", str(refusal)[:80], "", "", "", ""])
+            endpoint.close()
+            continue
+        latencies = {}
+        for arrival, data in stored_records(endpoint.port):
+            for user in user_records(data):
+                text = user.decode()
+                if "latency probe" not in text:
+                    continue
+                fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+                # The first arrival counts (a retried line may arrive twice).
+                seq = int(fields["seq"])
+                latencies.setdefault(seq, arrival - float(fields["written"]))
+        endpoint.close()
+        if len(latencies) < count or code != 0:
+            sys.exit(f"scenario D {name}: {len(latencies)} of {count} probes arrived, exit {code}")
+        values = [1000 * value for value in latencies.values()]
+        rows.append([name, " ".join(flags) or "(defaults)", count,
+                     f"{percentile(values, 0.5):.0f}", f"{percentile(values, 0.9):.0f}",
+                     f"{percentile(values, 0.99):.0f}", f"{max(values):.0f}",
+                     f"{statistics.mean(values):.0f}"])
+    print(f"### D: latency from write to acceptance, {rate} lines/s for {seconds} s (1 shard)\n")
+    print("Write time is embedded in each line; arrival time is the endpoint's "
+          "ApproximateArrivalTimestamp (GetRecords), same host clock.\n")
+    table(["mode", "flags", "lines", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], rows)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--scenario", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller inputs (A: 128 MiB, B: 3k raw / 100k aggregated lines, "
+                             "C: 5k lines, D: 5 s) unless sizes are given explicitly")
+    parser.add_argument("--no-build", action="store_true", help="use the existing release binaries")
+    parser.add_argument("--size-mib", type=int, help="A: file size (default 1024, quick 128)")
+    parser.add_argument("--line-bytes", type=int, default=200, help="A: line length")
+    parser.add_argument("--shards", type=int, default=4, help="A: shards")
+    parser.add_argument("--endpoint-threads", type=int, default=1, help="A: endpoint worker threads")
+    parser.add_argument("--extra", default="", help="A: extra shipper flags, e.g. '--aggregate'")
+    parser.add_argument("--b-lines-raw", type=int, help="B: lines for raw mode (default 10000, quick 3000)")
+    parser.add_argument("--b-lines-agg", type=int,
+                        help="B: lines for aggregated modes (default 300000, quick 100000)")
+    parser.add_argument("--b-flags", default="", help="B: extra shipper flags for every mode")
+    parser.add_argument("--c-lines", type=int, help="C: lines per mode (default 20000, quick 5000)")
+    parser.add_argument("--c-flags", default="", help="C: extra shipper flags, e.g. '--aggregate'")
+    parser.add_argument("--d-rate", type=int, default=200, help="D: lines per second")
+    parser.add_argument("--d-seconds", type=int, help="D: seconds of writing (default 10, quick 5)")
+    parser.add_argument("--d-flags", default="", help="D: extra shipper flags for every mode")
+    args = parser.parse_args()
+    pick = lambda value, full, quick: value if value is not None else (quick if args.quick else full)
+    args.size_mib = pick(args.size_mib, 1024, 128)
+    args.b_lines_raw = pick(args.b_lines_raw, 10_000, 3_000)
+    args.b_lines_agg = pick(args.b_lines_agg, 300_000, 100_000)
+    args.c_lines = pick(args.c_lines, 20_000, 5_000)
+    args.d_seconds = pick(args.d_seconds, 10, 5)
+    scenarios = [name.strip().upper() for name in args.scenario.split(",") if name.strip()]
+    unknown = set(scenarios) - set("ABCD")
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
+
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+    commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in info
+                              if line.startswith("model name")), "")
+    except OSError:
+        pass
+    print(f"## shipper benchmark\n")
+    print(f"machine: {os.cpu_count()} cores ({cpu_model}); commit: {commit}; "
+          f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
+    work = tempfile.mkdtemp(prefix="shipper-bench-")
+    runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d}
+    for name in scenarios:
+        runners[name](args, work)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
