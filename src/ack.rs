@@ -224,6 +224,73 @@ impl AckToken {
     }
 }
 
+/// The acknowledgements one Kinesis record carries: one token for a plain record, several for a
+/// KPL aggregate (one run per file range it packs).
+#[derive(Debug)]
+pub enum Acks {
+    One(AckToken),
+    Many(Vec<AckToken>),
+}
+
+impl From<AckToken> for Acks {
+    fn from(token: AckToken) -> Acks {
+        Acks::One(token)
+    }
+}
+
+impl Acks {
+    /// The first token, for reports (the dead-letter file names the first file range).
+    pub fn first(&self) -> Option<&AckToken> {
+        match self {
+            Acks::One(token) => Some(token),
+            Acks::Many(tokens) => tokens.first(),
+        }
+    }
+
+    /// Add every token of `other`.
+    pub fn extend(&mut self, other: Acks) {
+        for token in other {
+            self.push(token);
+        }
+    }
+
+    /// Add a token, merging it into the last one when it continues that range.
+    pub fn push(&mut self, token: AckToken) {
+        let last = match self {
+            Acks::One(last) => Some(last),
+            Acks::Many(tokens) => tokens.last_mut(),
+        };
+        let token = match last {
+            Some(last) => match last.merge(token) {
+                Ok(()) => return,
+                Err(token) => token,
+            },
+            None => token,
+        };
+        match self {
+            Acks::Many(tokens) => tokens.push(token),
+            Acks::One(_) => {
+                if let Acks::One(first) = std::mem::replace(self, Acks::Many(Vec::with_capacity(4)))
+                {
+                    *self = Acks::Many(vec![first, token]);
+                }
+            }
+        }
+    }
+}
+
+impl IntoIterator for Acks {
+    type Item = AckToken;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<AckToken>, std::vec::IntoIter<AckToken>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Acks::One(token) => Some(token).into_iter().chain(Vec::new()),
+            Acks::Many(tokens) => None.into_iter().chain(tokens),
+        }
+    }
+}
+
 /// Acknowledge a run of tokens, merging neighbours so each file is locked once per run.
 pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
     let mut current: Option<AckToken> = None;
@@ -334,6 +401,18 @@ mod tests {
         assert!(run.merge(p.token(9, 10)).is_err());
         assert!(run.merge(q.token(8, 10)).is_err());
         assert_eq!(run.range(), (0, 8));
+    }
+
+    #[test]
+    fn acks_merge_neighbours_and_acknowledge_all() {
+        let p = progress();
+        let mut acks = Acks::from(p.token(0, 5));
+        acks.push(p.token(5, 9));
+        acks.push(p.token(12, 20));
+        assert!(matches!(&acks, Acks::Many(tokens) if tokens.len() == 2));
+        assert_eq!(acks.first().map(AckToken::range), Some((0, 9)));
+        ack_all(acks);
+        assert_eq!(p.committed(), 9, "9..12 was never handed out");
     }
 
     #[test]

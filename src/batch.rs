@@ -134,6 +134,32 @@ impl Batcher {
     }
 }
 
+/// A stage between the record chunks and the batcher that may hold records back (aggregation).
+pub trait Stage {
+    /// Called before each chunk; may release held records into `out`.
+    fn begin(&mut self, out: &mut Vec<Record>);
+    /// Take a record; records ready to batch go to `out`.
+    fn push(&mut self, record: Record, out: &mut Vec<Record>);
+    /// Release everything held (linger elapsed, or the input ended).
+    fn drain(&mut self, out: &mut Vec<Record>);
+    fn is_empty(&self) -> bool;
+}
+
+/// A stage that holds nothing back.
+#[derive(Debug, Default)]
+pub struct Passthrough;
+
+impl Stage for Passthrough {
+    fn begin(&mut self, _out: &mut Vec<Record>) {}
+    fn push(&mut self, record: Record, out: &mut Vec<Record>) {
+        out.push(record);
+    }
+    fn drain(&mut self, _out: &mut Vec<Record>) {}
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
 /// Where batches and rejected records go.
 pub trait Dispatch {
     /// Send a batch; waits while the sink has no room (this is what pauses reading).
@@ -142,22 +168,27 @@ pub trait Dispatch {
     fn oversize(&mut self, record: Record) -> impl Future<Output = ()> + Send;
 }
 
-/// Read record chunks until the channel closes, sending a batch when it is full or when its first
-/// record has waited `linger`. The last partial batch is sent when the input ends.
+/// Read record chunks until the channel closes, passing them through `stage`, and send a batch when
+/// it is full or when its first record has waited `linger`. What is held is sent when the input
+/// ends.
 pub async fn run(
     mut input: mpsc::Receiver<Vec<Record>>,
     limits: Limits,
     linger: Duration,
+    stage: &mut impl Stage,
     dispatch: &mut impl Dispatch,
 ) {
     let mut batcher = Batcher::new(limits);
     let mut deadline: Option<Instant> = None;
+    let mut ready = Vec::new();
     loop {
         let chunk = match deadline {
             Some(at) => tokio::select! {
                 chunk = input.recv() => chunk,
                 () = tokio::time::sleep_until(at) => {
                     deadline = None;
+                    stage.drain(&mut ready);
+                    add(&mut batcher, &mut ready, dispatch).await;
                     if let Some(batch) = batcher.take() {
                         dispatch.batch(batch).await;
                     }
@@ -167,23 +198,39 @@ pub async fn run(
             None => input.recv().await,
         };
         let Some(chunk) = chunk else { break };
+        stage.begin(&mut ready);
         for record in chunk {
-            match batcher.push(record) {
-                Pushed::Added => {}
-                Pushed::Full(batch) => {
-                    deadline = Some(Instant::now() + linger);
-                    dispatch.batch(batch).await;
-                }
-                Pushed::Oversize(record) => dispatch.oversize(record).await,
-            }
-            if deadline.is_none() && !batcher.is_empty() {
-                deadline = Some(Instant::now() + linger);
-            }
+            stage.push(record, &mut ready);
+        }
+        if add(&mut batcher, &mut ready, dispatch).await {
+            deadline = Some(Instant::now() + linger);
+        }
+        if deadline.is_none() && !(batcher.is_empty() && stage.is_empty()) {
+            deadline = Some(Instant::now() + linger);
         }
     }
+    stage.drain(&mut ready);
+    add(&mut batcher, &mut ready, dispatch).await;
     if let Some(batch) = batcher.take() {
         dispatch.batch(batch).await;
     }
+}
+
+/// Move `ready` records into the batcher, dispatching full batches; true when one was dispatched
+/// (the linger timer then starts again for the records left).
+async fn add(batcher: &mut Batcher, ready: &mut Vec<Record>, dispatch: &mut impl Dispatch) -> bool {
+    let mut dispatched = false;
+    for record in ready.drain(..) {
+        match batcher.push(record) {
+            Pushed::Added => {}
+            Pushed::Full(batch) => {
+                dispatched = true;
+                dispatch.batch(batch).await;
+            }
+            Pushed::Oversize(record) => dispatch.oversize(record).await,
+        }
+    }
+    dispatched
 }
 
 #[cfg(test)]
@@ -206,7 +253,9 @@ mod tests {
         Record {
             data: vec![b'x'; data_len],
             partition_key: key.to_string(),
-            ack: progress.token(offset, offset + 1),
+            ack: progress.token(offset, offset + 1).into(),
+            shard: None,
+            user_records: 1,
         }
     }
 
@@ -240,7 +289,7 @@ mod tests {
                 prop_assert!(bytes <= max_bytes);
                 for r in &batch.records {
                     prop_assert!(r.size() <= MAX_BYTES_PER_RECORD);
-                    prop_assert_eq!(r.ack.range().0, seen);
+                    prop_assert_eq!(r.ack.first().unwrap().range().0, seen);
                     seen += 1;
                 }
             }
@@ -323,6 +372,7 @@ mod tests {
                 rx,
                 Limits::default(),
                 Duration::from_millis(200),
+                &mut Passthrough,
                 &mut collect,
             )
             .await;

@@ -101,9 +101,17 @@ pub struct Options {
     /// (such as `shipper consume`) can read compressed records; the KCL, Lambda and Firehose cannot.
     #[arg(long, env = "SHIPPER_COMPRESS", value_name = "none|gzip|zstd")]
     pub compress: Option<String>,
-    /// KPL aggregation. Not available in this version: setting it is a configuration error.
+    /// Pack user records that hash to the same shard into KPL aggregated records (readable by the
+    /// KCL, Lambda and Firehose), lifting the 1,000 records/s per shard cap.
     #[arg(long, env = "SHIPPER_AGGREGATE")]
     pub aggregate: bool,
+    /// Largest aggregate, before compression (default 256 KiB).
+    #[arg(long, env = "SHIPPER_AGGREGATE_MAX_BYTES", value_name = "BYTES")]
+    pub aggregate_max_bytes: Option<usize>,
+    /// Turn off per-shard rate control (on by default: each shard is paced at 1,000 records/s and
+    /// 1 MiB/s, and slowed down when Kinesis throttles it).
+    #[arg(long, env = "SHIPPER_NO_RATE_LIMIT")]
+    pub no_rate_limit: bool,
     /// How long a record may wait for more records before its batch is sent (default 200ms).
     #[arg(long, env = "SHIPPER_LINGER", value_name = "DURATION")]
     pub linger: Option<String>,

@@ -19,6 +19,13 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
 /// Below Kubernetes' default termination grace period of 30 s, so a drain finishes before SIGKILL.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(25);
 pub const DEFAULT_CONCURRENCY: usize = 4;
+/// An aggregate of up to 256 KiB (before compression): far above what the 1,000 records/s per
+/// shard cap needs (a few KiB per aggregate already lifts it past the 1 MiB/s byte cap), small
+/// enough that a consumer de-aggregating it holds little in memory and that one record is a
+/// quarter of a second of a shard's byte budget at worst.
+pub const DEFAULT_AGGREGATE_MAX_BYTES: usize = 256 * 1024;
+/// Room kept below the record limit for compression framing around an aggregate.
+pub const AGGREGATE_COMPRESSION_SLACK: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -103,6 +110,8 @@ pub struct FileConfig {
     pub compress: Option<String>,
     #[serde(default)]
     pub aggregate: bool,
+    pub aggregate_max_bytes: Option<usize>,
+    pub rate_limit: Option<bool>,
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
@@ -187,6 +196,9 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[serde(serialize_with = "display")]
     pub compress: crate::compress::Compression,
+    pub aggregate: bool,
+    pub aggregate_max_bytes: usize,
+    pub rate_limit: bool,
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -366,12 +378,21 @@ impl Config {
                     .map_err(|error| invalid("metrics_addr", format!("{text:?}: {error}")))?,
             ),
         };
-        if options.aggregate || file.aggregate {
+        let aggregate = options.aggregate || file.aggregate;
+        let aggregate_max_bytes = options
+            .aggregate_max_bytes
+            .or(file.aggregate_max_bytes)
+            .unwrap_or(DEFAULT_AGGREGATE_MAX_BYTES);
+        let aggregate_ceiling = limits.max_data_bytes() - AGGREGATE_COMPRESSION_SLACK;
+        if !(1024..=aggregate_ceiling).contains(&aggregate_max_bytes) {
             return Err(invalid(
-                "aggregate",
-                "KPL aggregation is not available in this version",
+                "aggregate_max_bytes",
+                format!(
+                    "{aggregate_max_bytes} is not in 1024..={aggregate_ceiling} (the record limit less room for the key)"
+                ),
             ));
         }
+        let rate_limit = !options.no_rate_limit && file.rate_limit.unwrap_or(true);
         let compress = match options.compress.clone().or(file.compress) {
             None => crate::compress::Compression::None,
             Some(text) => text
@@ -379,6 +400,9 @@ impl Config {
                 .map_err(|error| invalid("compress", format!("{text:?}: {error}")))?,
         };
         Ok(Config {
+            aggregate,
+            aggregate_max_bytes,
+            rate_limit,
             compress,
             metrics_addr,
             stream,
@@ -478,7 +502,7 @@ mod tests {
             ),
             (
                 Options {
-                    aggregate: true,
+                    aggregate_max_bytes: Some(10),
                     ..options()
                 },
                 "aggregate",

@@ -1,14 +1,21 @@
 //! The unit that flows from sources to the sink.
 
-use crate::ack::AckToken;
+use std::sync::Arc;
 
-/// One Kinesis user record: the bytes to send, its partition key, and the token that acknowledges
+use crate::ack::Acks;
+
+/// One Kinesis record (a user record, or a KPL aggregate of several): the bytes to send, its partition key, and the token that acknowledges
 /// the source bytes it came from once Kinesis has accepted it.
 #[derive(Debug)]
 pub struct Record {
     pub data: Vec<u8>,
     pub partition_key: String,
-    pub ack: AckToken,
+    pub ack: Acks,
+    /// The shard this record is expected to land on, when a shard map is known (aggregates, and
+    /// every record when rate control is on).
+    pub shard: Option<Arc<str>>,
+    /// User records inside: 1, or the count packed into an aggregate.
+    pub user_records: u32,
 }
 
 impl Record {

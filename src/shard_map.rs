@@ -336,3 +336,45 @@ mod tests {
         }
     }
 }
+
+/// The current shard map, shared by the stage that packs records per shard, the sink that notices
+/// when a record landed elsewhere, and the task that refreshes the map from ListShards.
+#[derive(Debug, Default)]
+pub struct SharedShardMap {
+    current: std::sync::RwLock<Option<std::sync::Arc<ShardMap>>>,
+    stale: tokio::sync::Notify,
+}
+
+impl SharedShardMap {
+    /// A map that never changes (a dry run packs everything as if the stream had one shard).
+    pub fn fixed(map: ShardMap) -> SharedShardMap {
+        let shared = SharedShardMap::default();
+        shared.set(map);
+        shared
+    }
+
+    pub fn get(&self) -> Option<std::sync::Arc<ShardMap>> {
+        // A poisoned lock still holds a whole Arc: keep using it.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set(&self, map: ShardMap) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(std::sync::Arc::new(map));
+    }
+
+    /// Ask the refresher for a new map now (a record landed on an unexpected shard).
+    pub fn mark_stale(&self) {
+        self.stale.notify_one();
+    }
+
+    /// Wait until someone marks the map stale.
+    pub async fn stale(&self) {
+        self.stale.notified().await;
+    }
+}

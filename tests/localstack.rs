@@ -499,3 +499,96 @@ async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback(
         assert!(messages.contains(line), "missing line {line:?}");
     }
 }
+
+/// `--aggregate --compress gzip` against LocalStack: every line arrives inside gzip-compressed KPL
+/// aggregates, and every user record sits in an aggregate read from the shard its key hashes to.
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregated_and_compressed_records_arrive_whole_and_shard_aligned() {
+    let endpoint = default_localstack();
+    let client = client(&endpoint).await;
+    let stream = unique_stream("aggregate");
+    create_stream(&client, &stream, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("worker.log");
+    let data_dir = dir.path().join("data");
+    append_lines(&log, 0, 3000);
+    let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
+    let extra = [
+        "--aggregate",
+        "--compress",
+        "gzip",
+        "--partition-key",
+        "{random}",
+    ];
+    let mut shipper = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    shipper.wait_log("shipper started", Duration::from_secs(30));
+
+    let listed = client
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+    let ranges: Vec<shipper::shard_map::ShardRange> = listed
+        .shards()
+        .iter()
+        .map(|s| {
+            let range = s.hash_key_range().unwrap();
+            shipper::shard_map::ShardRange::from_decimal(
+                s.shard_id(),
+                range.starting_hash_key(),
+                range.ending_hash_key(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let map = shipper::shard_map::ShardMap::new(ranges).unwrap();
+
+    let mut reader = StreamReader::new(&client, &stream).await;
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + ARRIVAL_TIMEOUT;
+    while lines.len() < 3000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 3000 lines arrived",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        reader.poll().await;
+        lines.clear();
+        for record in &reader.records {
+            assert_eq!(&record.data[..2], &[0x1f, 0x8b], "gzip data");
+            let data = shipper::compress::decompress(&record.data, 16 << 20).unwrap();
+            let users = shipper::aggregate::deaggregate_or_single(&record.key, &data).unwrap();
+            for (key, data) in users {
+                assert_eq!(
+                    map.shard_for_key(&key),
+                    Some(record.shard.as_str()),
+                    "user record on the wrong shard"
+                );
+                lines.push(String::from_utf8(data).unwrap());
+            }
+        }
+    }
+    assert!(
+        reader.records.len() < 100,
+        "{} Kinesis records for 3000 lines: aggregated",
+        reader.records.len()
+    );
+    shipper.signal("TERM");
+    let (code, log_lines) = shipper.wait(EXIT_TIMEOUT);
+    assert_eq!(code, Some(0));
+    let counts = count(&line_numbers(&lines));
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..3000).collect::<Vec<_>>()
+    );
+    let summary = log_lines
+        .iter()
+        .find(|l| l.contains("shipper stopped"))
+        .unwrap();
+    assert!(
+        summary.contains("(\"records_sent_total\", 3000)"),
+        "user records counted: {summary}"
+    );
+}

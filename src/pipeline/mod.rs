@@ -8,6 +8,7 @@
 //! All channels are bounded: when Kinesis is slow, send permits run out, the batcher stops reading,
 //! the chunk channel fills, and the file source blocks. The file is the buffer.
 
+pub mod pack;
 pub mod records;
 
 use std::fs::{self, File};
@@ -34,6 +35,9 @@ use crate::telemetry::server::{self, Health};
 use crate::parse::multiline::{self, JoinerConfig, Multiline};
 use crate::parse::{Enrichment, Format, Formatter, Kubernetes, KubernetesEnvNames, TimeZone};
 use crate::partition_key::Template;
+use crate::shard_map::{ShardMap, ShardRange, SharedShardMap};
+use crate::sinks::kinesis::{ShardLimiter, Transport};
+use pack::Packer;
 use records::{RecordBuilder, RecordRules};
 
 /// Chunks of records between the file sources and the batcher.
@@ -91,7 +95,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         (Some(lock), initial)
     };
 
+    // The shard map: needed to aggregate, and to pace each shard. A dry run has no stream to ask,
+    // so it packs as if the stream had one shard.
+    let needs_shards = config.aggregate || (config.rate_limit && !config.dry_run);
+    let shards = needs_shards.then(|| Arc::new(SharedShardMap::default()));
+    let stop_refresher = CancellationToken::new();
     let sink = if config.dry_run {
+        if let (Some(shards), Ok(one)) = (&shards, ShardMap::new(ShardRange::split_evenly(1))) {
+            shards.set(one);
+        }
         Output::Stdout(StdoutSink::new())
     } else {
         let client =
@@ -104,13 +116,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
                 stream: config.stream.clone(),
                 error: error.to_string(),
             })?;
-        Output::Kinesis(Sink::new(
-            SdkTransport::new(client, config.stream.clone()),
+        let transport = SdkTransport::new(client, config.stream.clone());
+        let mut sink = Sink::new(
+            transport.clone(),
             config.stream.clone(),
             RetryPolicy::default(),
             DeadLetter::new(&config.data_dir),
             Arc::clone(&metrics),
-        ))
+        );
+        if let Some(shards) = &shards {
+            // Load the map before reading, so the first records are packed per shard; if Kinesis
+            // cannot be asked yet, the refresher keeps trying and records go out unpacked meanwhile.
+            refresh_shards(&transport, shards).await;
+            tokio::spawn(shard_refresher(
+                transport,
+                Arc::clone(shards),
+                stop_refresher.clone(),
+            ));
+            let limiter = config.rate_limit.then(|| Arc::new(ShardLimiter::default()));
+            sink = sink.with_shards(Arc::clone(shards), limiter);
+        }
+        Output::Kinesis(sink)
     };
 
     let health = Arc::new(Health::new(
@@ -179,7 +205,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
             hard_stop: hard_stop.clone(),
         };
         let (limits, linger) = (config.limits, config.linger);
-        tokio::spawn(async move { batch::run(rx, limits, linger, &mut dispatch).await })
+        let max_aggregate_bytes = config.aggregate_max_bytes;
+        let mut packer = Packer::new(
+            config.aggregate,
+            config.compress,
+            shards.clone(),
+            max_aggregate_bytes,
+        );
+        tokio::spawn(
+            async move { batch::run(rx, limits, linger, &mut packer, &mut dispatch).await },
+        )
     };
     let checkpointer = (!config.dry_run).then(|| {
         let registry = Arc::clone(&registry);
@@ -225,6 +260,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         }
     }
     stop_server.cancel();
+    stop_refresher.cancel();
     let counters = metrics.counters();
     info!(?counters, "shipper stopped");
     Ok(Summary {
@@ -281,6 +317,52 @@ impl Dispatch for Dispatcher {
 
     async fn oversize(&mut self, record: Record) {
         self.sink.oversize(record);
+    }
+}
+
+/// How often the shard map is read again when nothing asks for it sooner (resharding takes
+/// seconds to minutes; a record landing on an unexpected shard asks at once).
+const SHARD_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn refresh_shards(transport: &SdkTransport, shards: &SharedShardMap) -> bool {
+    let listed = transport.list_shards().await;
+    match listed.map(ShardMap::new) {
+        Ok(Ok(map)) => {
+            info!(shards = map.len(), "shard map loaded");
+            shards.set(map);
+            true
+        }
+        Ok(Err(map_error)) => {
+            warn!(error = %map_error, "listshards returned an unusable shard map; keeping the old one");
+            false
+        }
+        Err(list_error) => {
+            warn!(error = %list_error, "cannot list the stream's shards; retrying");
+            false
+        }
+    }
+}
+
+/// Keep the shard map current: on a timer, and whenever the sink marks it stale.
+async fn shard_refresher(
+    transport: SdkTransport,
+    shards: Arc<SharedShardMap>,
+    stop: CancellationToken,
+) {
+    let mut backoff = RetryPolicy::default().backoff();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SHARD_REFRESH_INTERVAL) => {}
+            () = shards.stale() => {}
+            () = stop.cancelled() => return,
+        }
+        while !refresh_shards(&transport, &shards).await {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+        backoff = RetryPolicy::default().backoff();
     }
 }
 

@@ -28,7 +28,7 @@ pub struct RecordRules {
     pub joiner: JoinerConfig,
     /// Most data bytes in one record (the record limit minus room for the key).
     pub max_data_bytes: usize,
-    /// Applied to each record's data last, after any split.
+    /// Records are compressed later (whole aggregates, or each record); this leaves room for it.
     pub compress: Compression,
 }
 
@@ -175,7 +175,9 @@ impl RecordBuilder {
             return self.add(Record {
                 data,
                 partition_key,
-                ack: file.token_in(generation, start, end),
+                ack: file.token_in(generation, start, end).into(),
+                shard: None,
+                user_records: 1,
             });
         }
         // Formatting (escaping, replacement characters, enrichment) made the record outgrow the
@@ -193,17 +195,16 @@ impl RecordBuilder {
             let record = Record {
                 data: part.to_vec(),
                 partition_key: partition_key.clone(),
-                ack: file.token_in(generation, from, to),
+                ack: file.token_in(generation, from, to).into(),
+                shard: None,
+                user_records: 1,
             };
             self.add(record)?;
         }
         Ok(())
     }
 
-    fn add(&mut self, mut record: Record) -> Result<(), Closed> {
-        if self.rules.compress != Compression::None {
-            record.data = self.rules.compress.compress(&record.data);
-        }
+    fn add(&mut self, record: Record) -> Result<(), Closed> {
         self.chunk_bytes += record.size();
         self.chunk.push(record);
         if self.chunk.len() >= CHUNK_RECORDS || self.chunk_bytes >= CHUNK_BYTES {

@@ -25,7 +25,7 @@ impl StdoutSink {
         let mut stdout = io::stdout().lock();
         // A closed stdout (e.g. piped into `head`) ends the dry run's usefulness, not correctness.
         let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
-        ack::ack_all(batch.records.into_iter().map(|record| record.ack));
+        ack::ack_all(batch.records.into_iter().flat_map(|record| record.ack));
     }
 }
 

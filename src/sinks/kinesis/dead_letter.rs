@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use base64::Engine;
 use serde::Serialize;
 
+use crate::ack::AckToken;
 use crate::record::Record;
 
 pub const FILE_NAME: &str = "dead-letter.jsonl";
@@ -59,7 +60,8 @@ impl DeadLetter {
         let mut buffer = Vec::new();
         for record in records {
             let text = std::str::from_utf8(&record.data).ok();
-            let (start, end) = record.ack.range();
+            let first = record.ack.first();
+            let (start, end) = first.map(AckToken::range).unwrap_or_default();
             let entry = Entry {
                 time: chrono::Utc::now().to_rfc3339(),
                 stream,
@@ -70,7 +72,9 @@ impl DeadLetter {
                 data_base64: text
                     .is_none()
                     .then(|| base64::engine::general_purpose::STANDARD.encode(&record.data)),
-                file: record.ack.file().checkpoint().path.display().to_string(),
+                file: first
+                    .map(|t| t.file().checkpoint().path.display().to_string())
+                    .unwrap_or_default(),
                 start,
                 end,
             };

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dead_letter;
 pub mod error;
+pub mod rate;
 pub mod retry;
 mod transport;
 
@@ -23,10 +24,12 @@ use tracing::{debug, error, warn};
 use crate::ack;
 use crate::batch::Batch;
 use crate::record::Record;
+use crate::shard_map::SharedShardMap;
 use crate::telemetry::Metrics;
 
 pub use dead_letter::DeadLetter;
 pub use error::{ErrorClass, SendError, classify_code};
+pub use rate::ShardLimiter;
 pub use retry::RetryPolicy;
 pub use transport::{EntryResult, SdkTransport, Transport, check_stream};
 
@@ -40,6 +43,8 @@ pub struct Sink<T> {
     retry: RetryPolicy,
     dead_letter: DeadLetter,
     metrics: Arc<Metrics>,
+    shards: Option<Arc<SharedShardMap>>,
+    limiter: Option<Arc<ShardLimiter>>,
 }
 
 impl<T: Transport> Sink<T> {
@@ -56,6 +61,50 @@ impl<T: Transport> Sink<T> {
             retry,
             dead_letter,
             metrics,
+            shards: None,
+            limiter: None,
+        }
+    }
+
+    /// Mark `shards` stale when a record lands elsewhere than expected, and pace each call per
+    /// shard with `limiter` when given.
+    pub fn with_shards(
+        mut self,
+        shards: Arc<SharedShardMap>,
+        limiter: Option<Arc<ShardLimiter>>,
+    ) -> Self {
+        self.shards = Some(shards);
+        self.limiter = limiter;
+        self
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Wait until every shard the records expect to land on has room for them.
+    async fn pace(&self, records: &[Record], stop: &CancellationToken) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let mut usage: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        for record in records {
+            let Some(shard) = &record.shard else { continue };
+            match usage.iter_mut().find(|(s, _, _)| s == shard) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += record.size() as u64;
+                }
+                None => usage.push((Arc::clone(shard), 1, record.size() as u64)),
+            }
+        }
+        let wait = limiter.reserve(&usage, tokio::time::Instant::now());
+        if wait.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = stop.cancelled() => false,
         }
     }
 
@@ -66,11 +115,16 @@ impl<T: Transport> Sink<T> {
         let mut backoff = self.retry.backoff();
         let mut failed_attempts = 0u32;
         while !pending.is_empty() {
+            if !self.pace(&pending, stop).await {
+                return;
+            }
             Metrics::add(&self.metrics.put_records_requests_total, 1);
+            let started = std::time::Instant::now();
             let outcome = tokio::select! {
                 outcome = self.transport.put_records(&pending) => outcome,
                 () = stop.cancelled() => return,
             };
+            self.metrics.observe_put_records_latency(started.elapsed());
             pending = match outcome {
                 Ok(results) => self.settle(pending, results),
                 Err(error) => {
@@ -78,6 +132,12 @@ impl<T: Transport> Sink<T> {
                     self.metrics.failed(&error.code, 1);
                     if error.is_throttle() {
                         Metrics::add(&self.metrics.throttled_total, 1);
+                        if let Some(limiter) = &self.limiter {
+                            let now = tokio::time::Instant::now();
+                            for shard in pending.iter().filter_map(|r| r.shard.as_ref()) {
+                                limiter.throttled(shard, now);
+                            }
+                        }
                     }
                     if !error.is_retriable() {
                         error!(stream = %self.stream, error = %error, records = pending.len(), "kinesis refused the request permanently; writing the records to the dead-letter file");
@@ -113,11 +173,29 @@ impl<T: Transport> Sink<T> {
         let mut delivered = Vec::with_capacity(records.len());
         let mut retry = Vec::new();
         let mut delivered_bytes = 0u64;
+        let mut delivered_records = 0u64;
+        let mut throttled_shards: Vec<Arc<str>> = Vec::new();
+        let mut delivered_shards: Vec<Arc<str>> = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
             match result {
-                EntryResult::Delivered => {
+                EntryResult::Delivered | EntryResult::DeliveredElsewhere { .. } => {
+                    if let EntryResult::DeliveredElsewhere { shard_id } = &result {
+                        Metrics::add(&self.metrics.unexpected_shard_total, 1);
+                        warn!(stream = %self.stream, expected = ?record.shard, shard_id = %shard_id, "record landed on an unexpected shard; refreshing the shard map");
+                        if let Some(shards) = &self.shards {
+                            shards.mark_stale();
+                        }
+                    }
+                    if let Some(shard) = record
+                        .shard
+                        .as_ref()
+                        .filter(|s| !delivered_shards.contains(s))
+                    {
+                        delivered_shards.push(Arc::clone(shard));
+                    }
                     delivered_bytes += record.data.len() as u64;
-                    delivered.push(record.ack);
+                    delivered_records += u64::from(record.user_records);
+                    delivered.extend(record.ack);
                 }
                 EntryResult::Failed { code, message } => {
                     self.metrics.failed(&code, 1);
@@ -129,6 +207,12 @@ impl<T: Transport> Sink<T> {
                         class => {
                             if class == ErrorClass::Throttled {
                                 Metrics::add(&self.metrics.throttled_total, 1);
+                                if let Some(shard) = &record.shard {
+                                    self.metrics.throttled_on_shard(shard, 1);
+                                    if !throttled_shards.contains(shard) {
+                                        throttled_shards.push(Arc::clone(shard));
+                                    }
+                                }
                             }
                             retry.push(record);
                         }
@@ -136,7 +220,19 @@ impl<T: Transport> Sink<T> {
                 }
             }
         }
-        Metrics::add(&self.metrics.records_sent_total, delivered.len() as u64);
+        if let Some(limiter) = &self.limiter {
+            let now = tokio::time::Instant::now();
+            for shard in &throttled_shards {
+                limiter.throttled(shard, now);
+            }
+            for shard in delivered_shards
+                .iter()
+                .filter(|s| !throttled_shards.contains(s))
+            {
+                limiter.delivered(shard);
+            }
+        }
+        Metrics::add(&self.metrics.records_sent_total, delivered_records);
         Metrics::add(&self.metrics.bytes_sent_total, delivered_bytes);
         ack::ack_all(delivered);
         retry
@@ -152,7 +248,7 @@ impl<T: Transport> Sink<T> {
                     &self.metrics.records_dead_lettered_total,
                     records.len() as u64,
                 );
-                ack::ack_all(records.into_iter().map(|record| record.ack));
+                ack::ack_all(records.into_iter().flat_map(|record| record.ack));
             }
             // Not acknowledged: the checkpoint stays before these records and a restart retries them.
             Err(io_error) => error!(

@@ -25,6 +25,10 @@ impl Transport for Arc<Scripted> {
         let next = self.outcomes.lock().unwrap().pop_front();
         next.unwrap_or_else(|| Ok(vec![EntryResult::Delivered; records.len()]))
     }
+
+    async fn list_shards(&self) -> Result<Vec<crate::shard_map::ShardRange>, SendError> {
+        Ok(crate::shard_map::ShardRange::split_evenly(2))
+    }
 }
 
 fn failed(code: &str) -> EntryResult {
@@ -85,7 +89,9 @@ fn batch(progress: &Arc<FileProgress>, n: usize) -> Batch {
         .map(|i| Record {
             data: format!("r{i}").into_bytes(),
             partition_key: "k".into(),
-            ack: progress.token(i as u64 * 10, i as u64 * 10 + 10),
+            ack: progress.token(i as u64 * 10, i as u64 * 10 + 10).into(),
+            shard: None,
+            user_records: 1,
         })
         .collect();
     let bytes = records.iter().map(Record::size).sum();
@@ -212,7 +218,9 @@ async fn binary_records_are_dead_lettered_as_base64() {
     let record = Record {
         data: vec![0xff, 0x00, 0xfe],
         partition_key: "k".into(),
-        ack: f.progress.token(0, 4),
+        ack: f.progress.token(0, 4).into(),
+        shard: None,
+        user_records: 1,
     };
     f.sink
         .send(

@@ -8,12 +8,20 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 
 use super::error::{ErrorClass, SendError};
 use crate::record::Record;
+use crate::shard_map::ShardRange;
 
 /// The result of one entry of a PutRecords call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryResult {
     Delivered,
-    Failed { code: String, message: String },
+    /// Delivered, but to another shard than the record expected: the shard map is out of date.
+    DeliveredElsewhere {
+        shard_id: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 pub trait Transport: Send + Sync {
@@ -22,6 +30,9 @@ pub trait Transport: Send + Sync {
         &self,
         records: &[Record],
     ) -> impl Future<Output = Result<Vec<EntryResult>, SendError>> + Send;
+
+    /// The stream's open shards and their hash key ranges.
+    fn list_shards(&self) -> impl Future<Output = Result<Vec<ShardRange>, SendError>> + Send;
 }
 
 /// PutRecords through the AWS SDK.
@@ -42,6 +53,10 @@ impl SdkTransport {
 }
 
 impl Transport for SdkTransport {
+    async fn list_shards(&self) -> Result<Vec<ShardRange>, SendError> {
+        self.open_shards().await
+    }
+
     async fn put_records(&self, records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
         let mut entries = Vec::with_capacity(records.len());
         for record in records {
@@ -76,14 +91,77 @@ impl Transport for SdkTransport {
         }
         Ok(results
             .iter()
-            .map(|result| match result.error_code() {
-                None => EntryResult::Delivered,
+            .zip(records)
+            .map(|(result, record)| match result.error_code() {
+                None => match (&record.shard, result.shard_id()) {
+                    (Some(expected), Some(actual)) if **expected != *actual => {
+                        EntryResult::DeliveredElsewhere {
+                            shard_id: actual.to_string(),
+                        }
+                    }
+                    _ => EntryResult::Delivered,
+                },
                 Some(code) => EntryResult::Failed {
                     code: code.to_string(),
                     message: result.error_message().unwrap_or_default().to_string(),
                 },
             })
             .collect())
+    }
+}
+
+impl SdkTransport {
+    async fn list_shards_page(
+        &self,
+        next_token: Option<String>,
+    ) -> Result<aws_sdk_kinesis::operation::list_shards::ListShardsOutput, SendError> {
+        let request = self.client.list_shards();
+        // A paging call names only the token; the first one names the stream.
+        let request = match next_token {
+            Some(token) => request.next_token(token),
+            None if self.is_arn() => request.stream_arn(&self.stream),
+            None => request.stream_name(&self.stream),
+        };
+        request
+            .send()
+            .await
+            .map_err(|error| SendError::from_sdk(&error))
+    }
+
+    /// Every open shard (closed shards, left by resharding, have an ending sequence number).
+    pub async fn open_shards(&self) -> Result<Vec<ShardRange>, SendError> {
+        let mut shards = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = self.list_shards_page(next_token.take()).await?;
+            for shard in page.shards() {
+                let closed = shard
+                    .sequence_number_range()
+                    .and_then(|r| r.ending_sequence_number())
+                    .is_some();
+                if closed {
+                    continue;
+                }
+                let Some(range) = shard.hash_key_range() else {
+                    continue;
+                };
+                let parsed = ShardRange::from_decimal(
+                    shard.shard_id(),
+                    range.starting_hash_key(),
+                    range.ending_hash_key(),
+                )
+                .map_err(|error| SendError {
+                    class: ErrorClass::Transient,
+                    code: "MalformedResponse".into(),
+                    message: error.to_string(),
+                })?;
+                shards.push(parsed);
+            }
+            match page.next_token() {
+                Some(token) => next_token = Some(token.to_string()),
+                None => return Ok(shards),
+            }
+        }
     }
 }
 

@@ -1,0 +1,290 @@
+//! The packing stage, in the batcher task: gives each record the shard it is expected to land on,
+//! packs user records of the same shard into KPL aggregates (`--aggregate`), and compresses each
+//! Kinesis record's data (`--compress`).
+//!
+//! An aggregate only ever holds user records that hash to one shard of the current map: the KCL
+//! drops user records outside the shard an aggregate arrived on. When the map changes, the open
+//! aggregates are closed and sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ack::Acks;
+use crate::aggregate::{Aggregator, Finished, PushError};
+use crate::batch::Stage;
+use crate::compress::Compression;
+use crate::record::Record;
+use crate::shard_map::{ShardMap, SharedShardMap};
+
+/// One open aggregate.
+struct Open {
+    aggregator: Aggregator,
+    acks: Option<Acks>,
+}
+
+pub struct Packer {
+    aggregate: bool,
+    compress: Compression,
+    /// Where the map comes from; none when neither aggregation nor rate control needs it.
+    shards: Option<Arc<SharedShardMap>>,
+    /// The map in use and its shard ids as shared strings (one allocation per map, not per record).
+    map: Option<(Arc<ShardMap>, Vec<Arc<str>>)>,
+    max_aggregate_bytes: usize,
+    open: HashMap<usize, Open>,
+}
+
+impl Packer {
+    pub fn new(
+        aggregate: bool,
+        compress: Compression,
+        shards: Option<Arc<SharedShardMap>>,
+        max_aggregate_bytes: usize,
+    ) -> Packer {
+        Packer {
+            aggregate,
+            compress,
+            shards,
+            map: None,
+            max_aggregate_bytes,
+            open: HashMap::new(),
+        }
+    }
+
+    fn finish(&self, open: Open, shard: Option<Arc<str>>, out: &mut Vec<Record>) {
+        let Some(ack) = open.acks else { return };
+        let (partition_key, data, user_records) = match open.aggregator.finish() {
+            Finished::Empty => return,
+            Finished::Single {
+                partition_key,
+                data,
+            } => (partition_key, data, 1),
+            Finished::Aggregated {
+                partition_key,
+                data,
+                user_records,
+            } => (partition_key, data, user_records),
+        };
+        let data = self.compressed(data);
+        out.push(Record {
+            data,
+            partition_key,
+            ack,
+            shard,
+            user_records: u32::try_from(user_records).unwrap_or(u32::MAX),
+        });
+    }
+
+    fn compressed(&self, data: Vec<u8>) -> Vec<u8> {
+        match self.compress {
+            Compression::None => data,
+            other => other.compress(&data),
+        }
+    }
+
+    fn shard_id(&self, index: Option<usize>) -> Option<Arc<str>> {
+        let (_, ids) = self.map.as_ref()?;
+        index.and_then(|i| ids.get(i)).cloned()
+    }
+
+    fn drain_into(&mut self, out: &mut Vec<Record>) {
+        let open: Vec<(usize, Open)> = self.open.drain().collect();
+        for (index, aggregate) in open {
+            let shard = self.shard_id(Some(index));
+            self.finish(aggregate, shard, out);
+        }
+    }
+}
+
+impl Stage for Packer {
+    fn begin(&mut self, out: &mut Vec<Record>) {
+        let Some(shards) = &self.shards else { return };
+        let Some(latest) = shards.get() else { return };
+        if self
+            .map
+            .as_ref()
+            .is_some_and(|(current, _)| Arc::ptr_eq(current, &latest))
+        {
+            return;
+        }
+        // Aggregates packed for the old map go out as they are, before records of the new one.
+        self.drain_into(out);
+        let ids = latest
+            .shards()
+            .iter()
+            .map(|s| Arc::from(s.shard_id.as_str()))
+            .collect();
+        self.map = Some((latest, ids));
+    }
+
+    fn push(&mut self, mut record: Record, out: &mut Vec<Record>) {
+        let index = self
+            .map
+            .as_ref()
+            .and_then(|(map, _)| map.index_for_key(&record.partition_key));
+        record.shard = self.shard_id(index);
+        let Some(index) = index.filter(|_| self.aggregate) else {
+            record.data = self.compressed(std::mem::take(&mut record.data));
+            out.push(record);
+            return;
+        };
+        let max_bytes = self.max_aggregate_bytes;
+        let open = self.open.entry(index).or_insert_with(|| Open {
+            aggregator: Aggregator::new(max_bytes),
+            acks: None,
+        });
+        let pushed = match open
+            .aggregator
+            .try_push(&record.partition_key, &record.data)
+        {
+            Err(PushError::Full) => {
+                let full = std::mem::replace(
+                    open,
+                    Open {
+                        aggregator: Aggregator::new(max_bytes),
+                        acks: None,
+                    },
+                );
+                let shard = record.shard.clone();
+                self.finish(full, shard, out);
+                let open = self.open.entry(index).or_insert_with(|| Open {
+                    aggregator: Aggregator::new(max_bytes),
+                    acks: None,
+                });
+                open.aggregator
+                    .try_push(&record.partition_key, &record.data)
+            }
+            other => other,
+        };
+        match pushed {
+            Ok(()) => {
+                let Some(open) = self.open.get_mut(&index) else {
+                    return;
+                };
+                match &mut open.acks {
+                    Some(acks) => acks.extend(record.ack),
+                    None => open.acks = Some(record.ack),
+                }
+            }
+            // Too large for any aggregate: it goes alone, as a plain record.
+            Err(_) => {
+                record.data = self.compressed(std::mem::take(&mut record.data));
+                out.push(record);
+            }
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Record>) {
+        self.drain_into(out);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::{FileId, FileProgress, Fingerprint};
+    use crate::shard_map::ShardRange;
+
+    fn packer(aggregate: bool, compress: Compression, shards: usize, max: usize) -> Packer {
+        let map = ShardMap::new(ShardRange::split_evenly(shards)).unwrap();
+        Packer::new(
+            aggregate,
+            compress,
+            Some(Arc::new(SharedShardMap::fixed(map))),
+            max,
+        )
+    }
+
+    fn records(progress: &Arc<FileProgress>, n: u64) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                data: format!("line {i} {}", "한".repeat((i % 7) as usize)).into_bytes(),
+                partition_key: format!("key-{}", i % 13),
+                ack: progress.token(i * 10, i * 10 + 10).into(),
+                shard: None,
+                user_records: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn aggregates_hold_only_records_of_their_shard_and_round_trip() {
+        for compress in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let progress = FileProgress::new(
+                FileId { dev: 1, ino: 1 },
+                "/a".into(),
+                Fingerprint::default(),
+                0,
+            );
+            let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
+            let mut packer = packer(true, compress, 4, 2048);
+            let mut out = Vec::new();
+            packer.begin(&mut out);
+            for record in records(&progress, 500) {
+                packer.push(record, &mut out);
+            }
+            packer.drain(&mut out);
+            assert!(
+                out.len() < 500 / 4,
+                "{compress}: {} records for 500 lines",
+                out.len()
+            );
+            let mut seen = Vec::new();
+            let mut user_records = 0;
+            for record in out {
+                let shard = record
+                    .shard
+                    .clone()
+                    .expect("every aggregate names its shard");
+                let data = crate::compress::decompress(&record.data, 1 << 20).unwrap();
+                let users =
+                    crate::aggregate::deaggregate_or_single(&record.partition_key, &data).unwrap();
+                assert_eq!(users.len() as u32, record.user_records);
+                user_records += users.len();
+                for (key, data) in users {
+                    assert_eq!(
+                        map.shard_for_key(&key),
+                        Some(&*shard),
+                        "{key} packed for the wrong shard"
+                    );
+                    seen.push(String::from_utf8(data).unwrap());
+                }
+                crate::ack::ack_all(record.ack);
+            }
+            assert_eq!(user_records, 500);
+            let mut expected: Vec<String> = (0..500)
+                .map(|i| format!("line {i} {}", "한".repeat(i % 7)))
+                .collect();
+            expected.sort();
+            seen.sort();
+            assert_eq!(seen, expected);
+            assert_eq!(
+                progress.committed(),
+                5000,
+                "every user record's range acknowledged"
+            );
+        }
+    }
+
+    #[test]
+    fn without_aggregation_records_pass_with_their_shard() {
+        let progress = FileProgress::new(
+            FileId { dev: 1, ino: 1 },
+            "/a".into(),
+            Fingerprint::default(),
+            0,
+        );
+        let mut packer = packer(false, Compression::None, 2, 2048);
+        let mut out = Vec::new();
+        packer.begin(&mut out);
+        for record in records(&progress, 10) {
+            packer.push(record, &mut out);
+        }
+        assert_eq!(out.len(), 10);
+        assert!(packer.is_empty());
+        assert!(out.iter().all(|r| r.shard.is_some() && r.user_records == 1));
+    }
+}

@@ -1,0 +1,195 @@
+//! Per-shard rate control: a token bucket for records and one for bytes per shard, at the Kinesis
+//! write limits, so the shipper does not provoke throttling storms; and additive-increase /
+//! multiplicative-decrease on throttling feedback, so a shard that is shared with other writers
+//! (or whose limit is lower) gets less, then recovers gradually.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Kinesis accepts up to 1,000 records per second per shard (Kinesis quotas, PutRecords).
+pub const SHARD_RECORDS_PER_SECOND: f64 = 1000.0;
+/// ... and up to 1 MiB per second per shard, data plus partition keys.
+pub const SHARD_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
+/// A throttled shard's rate is multiplied by this ...
+const DECREASE: f64 = 0.5;
+/// ... never below this fraction of the limit ...
+const MIN_FACTOR: f64 = 0.05;
+/// ... and recovers by this fraction of the limit per successful call.
+const INCREASE: f64 = 0.05;
+
+#[derive(Debug)]
+struct Bucket {
+    records: f64,
+    bytes: f64,
+    factor: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Bucket {
+        Bucket {
+            records: SHARD_RECORDS_PER_SECOND,
+            bytes: SHARD_BYTES_PER_SECOND,
+            factor: 1.0,
+            at: now,
+        }
+    }
+
+    /// Refill for the time passed, capped at one second's worth (the burst allowed).
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let (records_rate, bytes_rate) = self.rates();
+        self.records = (self.records + elapsed * records_rate).min(records_rate);
+        self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate);
+    }
+
+    fn rates(&self) -> (f64, f64) {
+        (
+            SHARD_RECORDS_PER_SECOND * self.factor,
+            SHARD_BYTES_PER_SECOND * self.factor,
+        )
+    }
+}
+
+/// The buckets of every shard seen, by shard id.
+#[derive(Debug, Default)]
+pub struct ShardLimiter {
+    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+}
+
+impl ShardLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Bucket>> {
+        // A poisoned lock still holds whole numbers; keep using them.
+        self.buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Take what a call will use on each shard (`(shard, records, bytes)`), and return how long to
+    /// wait before sending so that no shard goes over its rate. Tokens may go negative: the wait
+    /// pays the debt, and later callers queue behind it.
+    pub fn reserve(&self, usage: &[(Arc<str>, u64, u64)], now: Instant) -> Duration {
+        let mut buckets = self.lock();
+        let mut wait = 0.0f64;
+        for (shard, records, bytes) in usage {
+            let bucket = buckets
+                .entry(Arc::clone(shard))
+                .or_insert_with(|| Bucket::new(now));
+            bucket.refill(now);
+            bucket.records -= *records as f64;
+            bucket.bytes -= *bytes as f64;
+            let (records_rate, bytes_rate) = bucket.rates();
+            wait = wait
+                .max(-bucket.records / records_rate)
+                .max(-bucket.bytes / bytes_rate);
+        }
+        Duration::from_secs_f64(wait.max(0.0))
+    }
+
+    /// The shard refused records for throughput: halve its rate.
+    pub fn throttled(&self, shard: &Arc<str>, now: Instant) {
+        let mut buckets = self.lock();
+        let bucket = buckets
+            .entry(Arc::clone(shard))
+            .or_insert_with(|| Bucket::new(now));
+        bucket.refill(now);
+        bucket.factor = (bucket.factor * DECREASE).max(MIN_FACTOR);
+        bucket.records = bucket.records.min(0.0);
+        bucket.bytes = bucket.bytes.min(0.0);
+    }
+
+    /// A call to the shard went through without throttling: recover a little.
+    pub fn delivered(&self, shard: &Arc<str>) {
+        if let Some(bucket) = self.lock().get_mut(shard) {
+            bucket.factor = (bucket.factor + INCREASE).min(1.0);
+        }
+    }
+
+    pub fn factor(&self, shard: &str) -> f64 {
+        self.lock().get(shard).map_or(1.0, |bucket| bucket.factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shard(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn a_burst_within_the_limits_goes_at_once_then_callers_wait() {
+        let limiter = ShardLimiter::default();
+        let now = Instant::now();
+        let a = shard("a");
+        assert_eq!(
+            limiter.reserve(&[(Arc::clone(&a), 1000, 1000)], now),
+            Duration::ZERO
+        );
+        // 500 more records need half a second of refill.
+        let wait = limiter.reserve(&[(Arc::clone(&a), 500, 500)], now);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // Another shard has its own bucket.
+        assert_eq!(
+            limiter.reserve(&[(shard("b"), 10, 10)], now),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn bytes_limit_binds_too() {
+        let limiter = ShardLimiter::default();
+        let now = Instant::now();
+        let wait = limiter.reserve(&[(shard("a"), 1, 3 * 1024 * 1024)], now);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn throttling_halves_then_recovers_gradually() {
+        let limiter = ShardLimiter::default();
+        let now = Instant::now();
+        let a = shard("a");
+        limiter.throttled(&a, now);
+        assert_eq!(limiter.factor("a"), 0.5);
+        limiter.throttled(&a, now);
+        assert_eq!(limiter.factor("a"), 0.25);
+        for _ in 0..100 {
+            limiter.delivered(&a);
+        }
+        assert_eq!(limiter.factor("a"), 1.0);
+        for _ in 0..100 {
+            limiter.throttled(&a, now);
+        }
+        assert_eq!(limiter.factor("a"), MIN_FACTOR);
+    }
+
+    proptest! {
+        /// Over any sequence of reservations, what is let through by time t never exceeds the
+        /// burst (one second's worth) plus the rate times t.
+        #[test]
+        fn never_exceeds_the_rate(calls in proptest::collection::vec((1u64..400, 0u64..200_000, 0u64..300), 1..100)) {
+            let limiter = ShardLimiter::default();
+            let start = Instant::now();
+            let a = shard("a");
+            let mut now = start;
+            let (mut records, mut bytes) = (0u64, 0u64);
+            for (n, b, gap_ms) in calls {
+                now += Duration::from_millis(gap_ms);
+                let wait = limiter.reserve(&[(Arc::clone(&a), n, b)], now);
+                let sent_at = now + wait;
+                records += n;
+                bytes += b;
+                let elapsed = sent_at.duration_since(start).as_secs_f64();
+                prop_assert!(records as f64 <= SHARD_RECORDS_PER_SECOND * (1.0 + elapsed) + 1e-6);
+                prop_assert!(bytes as f64 <= SHARD_BYTES_PER_SECOND * (1.0 + elapsed) + 1e-3);
+                now = sent_at;
+            }
+        }
+    }
+}
