@@ -400,6 +400,9 @@ async fn metrics_count_what_was_shipped_and_readiness_follows_the_data_dir() {
     let expected_bytes: u64 = reader.records.iter().map(|r| r.data.len() as u64).sum();
     assert_eq!(metric(&text, "shipper_bytes_sent_total"), expected_bytes);
 
+    let (_, body) = http_get(&addr, "/readyz");
+    assert!(body.contains("\"kinesis\":\"reachable\""), "{body}");
+
     // A data dir that cannot be written (replaced by a file) makes the shipper not ready.
     std::fs::rename(&data_dir, dir.path().join("data-moved")).unwrap();
     std::fs::write(&data_dir, b"not a directory").unwrap();

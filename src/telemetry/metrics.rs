@@ -31,6 +31,10 @@ macro_rules! counters {
             pub put_records_latency: Histogram,
             /// Entries refused for throughput, by shard id.
             pub throttled_by_shard: Mutex<BTreeMap<String, u64>>,
+            /// Unix seconds of the last PutRecords call that was answered (0: none yet) ...
+            pub last_answered_unix: AtomicU64,
+            /// ... and of the last one that failed as a whole (0: none yet).
+            pub last_failed_unix: AtomicU64,
         }
 
         impl Metrics {
@@ -77,7 +81,24 @@ counters! {
     lines_truncated_total,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 impl Metrics {
+    /// A PutRecords call was answered (whatever its entries said): Kinesis is reachable.
+    pub fn call_answered(&self) {
+        self.last_answered_unix.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// A PutRecords call failed as a whole (timeout, connection, 5xx, throttling, refusal).
+    pub fn call_failed(&self) {
+        self.last_failed_unix.store(unix_now(), Ordering::Relaxed);
+    }
+
     /// Record how long one PutRecords call took (for the latency histogram).
     pub fn observe_put_records_latency(&self, elapsed: Duration) {
         self.put_records_latency.observe(elapsed);

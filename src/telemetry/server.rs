@@ -217,9 +217,21 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     };
     let sent = Metrics::get(&health.metrics.records_sent_total);
     let failed_requests = Metrics::get(&health.metrics.put_records_failed_requests_total);
+    // Kinesis being down does not make the shipper unready: it keeps reading into the file-backed
+    // backlog and retries, so it is "recovering" and still doing its job.
+    let answered = Metrics::get(&health.metrics.last_answered_unix);
+    let failed = Metrics::get(&health.metrics.last_failed_unix);
+    let kinesis = match (answered, failed) {
+        (0, 0) => "not contacted yet",
+        (answered, failed) if answered >= failed => "reachable",
+        _ => "recovering",
+    };
     let body = serde_json::json!({
         "status": if writable.is_ok() { "ready" } else { "not ready" },
         "config": "loaded",
+        "kinesis": kinesis,
+        "kinesis_last_answer_unix": answered,
+        "kinesis_last_failure_unix": failed,
         "data_dir_writable": writable.is_ok(),
         "data_dir_error": writable.as_ref().err().map(ToString::to_string),
         "records_sent": sent,

@@ -126,8 +126,12 @@ impl<T: Transport> Sink<T> {
             };
             self.metrics.observe_put_records_latency(started.elapsed());
             pending = match outcome {
-                Ok(results) => self.settle(pending, results),
+                Ok(results) => {
+                    self.metrics.call_answered();
+                    self.settle(pending, results)
+                }
                 Err(error) => {
+                    self.metrics.call_failed();
                     Metrics::add(&self.metrics.put_records_failed_requests_total, 1);
                     self.metrics.failed(&error.code, 1);
                     if error.is_throttle() {
