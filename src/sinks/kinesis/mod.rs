@@ -179,7 +179,6 @@ impl<T: Transport> Sink<T> {
         let mut delivered_bytes = 0u64;
         let mut delivered_records = 0u64;
         let mut throttled_shards: Vec<Arc<str>> = Vec::new();
-        let mut delivered_shards: Vec<Arc<str>> = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
             match result {
                 EntryResult::Delivered | EntryResult::DeliveredElsewhere { .. } => {
@@ -189,13 +188,6 @@ impl<T: Transport> Sink<T> {
                         if let Some(shards) = &self.shards {
                             shards.mark_stale();
                         }
-                    }
-                    if let Some(shard) = record
-                        .shard
-                        .as_ref()
-                        .filter(|s| !delivered_shards.contains(s))
-                    {
-                        delivered_shards.push(Arc::clone(shard));
                     }
                     delivered_bytes += record.data.len() as u64;
                     delivered_records += u64::from(record.user_records);
@@ -228,12 +220,6 @@ impl<T: Transport> Sink<T> {
             let now = tokio::time::Instant::now();
             for shard in &throttled_shards {
                 limiter.throttled(shard, now);
-            }
-            for shard in delivered_shards
-                .iter()
-                .filter(|s| !throttled_shards.contains(s))
-            {
-                limiter.delivered(shard);
             }
         }
         Metrics::add(&self.metrics.records_sent_total, delivered_records);

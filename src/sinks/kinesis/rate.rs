@@ -15,10 +15,13 @@ pub const SHARD_RECORDS_PER_SECOND: f64 = 1000.0;
 pub const SHARD_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
 /// A throttled shard's rate is multiplied by this ...
 const DECREASE: f64 = 0.5;
+/// ... at most once per this long (the requests in flight when a shard starts throttling all come
+/// back throttled: that is one signal, not several) ...
+const DECREASE_INTERVAL: Duration = Duration::from_secs(1);
 /// ... never below this fraction of the limit ...
-const MIN_FACTOR: f64 = 0.05;
-/// ... and recovers by this fraction of the limit per successful call.
-const INCREASE: f64 = 0.05;
+const MIN_FACTOR: f64 = 0.1;
+/// ... and recovers by this fraction of the limit per second without throttling.
+const INCREASE_PER_SECOND: f64 = 0.1;
 
 #[derive(Debug)]
 struct Bucket {
@@ -26,6 +29,7 @@ struct Bucket {
     bytes: f64,
     factor: f64,
     at: Instant,
+    decreased_at: Option<Instant>,
 }
 
 impl Bucket {
@@ -35,6 +39,7 @@ impl Bucket {
             bytes: SHARD_BYTES_PER_SECOND,
             factor: 1.0,
             at: now,
+            decreased_at: None,
         }
     }
 
@@ -42,6 +47,12 @@ impl Bucket {
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
+        let calm = self
+            .decreased_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= DECREASE_INTERVAL);
+        if calm {
+            self.factor = (self.factor + elapsed * INCREASE_PER_SECOND).min(1.0);
+        }
         let (records_rate, bytes_rate) = self.rates();
         self.records = (self.records + elapsed * records_rate).min(records_rate);
         self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate);
@@ -90,23 +101,23 @@ impl ShardLimiter {
         Duration::from_secs_f64(wait.max(0.0))
     }
 
-    /// The shard refused records for throughput: halve its rate.
+    /// The shard refused records for throughput: halve its rate (once per DECREASE_INTERVAL) and
+    /// spend what is left of its burst.
     pub fn throttled(&self, shard: &Arc<str>, now: Instant) {
         let mut buckets = self.lock();
         let bucket = buckets
             .entry(Arc::clone(shard))
             .or_insert_with(|| Bucket::new(now));
         bucket.refill(now);
-        bucket.factor = (bucket.factor * DECREASE).max(MIN_FACTOR);
+        let recent = bucket
+            .decreased_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_INTERVAL);
+        if !recent {
+            bucket.factor = (bucket.factor * DECREASE).max(MIN_FACTOR);
+            bucket.decreased_at = Some(now);
+        }
         bucket.records = bucket.records.min(0.0);
         bucket.bytes = bucket.bytes.min(0.0);
-    }
-
-    /// A call to the shard went through without throttling: recover a little.
-    pub fn delivered(&self, shard: &Arc<str>) {
-        if let Some(bucket) = self.lock().get_mut(shard) {
-            bucket.factor = (bucket.factor + INCREASE).min(1.0);
-        }
     }
 
     pub fn factor(&self, shard: &str) -> f64 {
@@ -151,22 +162,39 @@ mod tests {
     }
 
     #[test]
-    fn throttling_halves_then_recovers_gradually() {
+    fn throttling_halves_once_per_interval_then_recovers_with_time() {
         let limiter = ShardLimiter::default();
-        let now = Instant::now();
+        let start = Instant::now();
         let a = shard("a");
-        limiter.throttled(&a, now);
+        limiter.throttled(&a, start);
+        // Requests that were in flight come back throttled too: one signal.
+        limiter.throttled(&a, start + Duration::from_millis(300));
         assert_eq!(limiter.factor("a"), 0.5);
-        limiter.throttled(&a, now);
-        assert_eq!(limiter.factor("a"), 0.25);
-        for _ in 0..100 {
-            limiter.delivered(&a);
+        // A second later it may halve again (after the 0.7 s of recovery since the last look).
+        limiter.throttled(&a, start + Duration::from_millis(1000));
+        assert!(
+            (limiter.factor("a") - (0.5 + 0.07) / 2.0).abs() < 1e-9,
+            "{}",
+            limiter.factor("a")
+        );
+        for second in 2..40 {
+            limiter.throttled(&a, start + Duration::from_secs(second));
         }
+        assert!(
+            (limiter.factor("a") - MIN_FACTOR).abs() < 1e-6,
+            "{}",
+            limiter.factor("a")
+        );
+        // Quiet for five seconds: up by half the limit; then back to the full rate.
+        let later = start + Duration::from_secs(39 + 1 + 5);
+        limiter.reserve(&[(Arc::clone(&a), 0, 0)], later);
+        assert!(
+            (limiter.factor("a") - (MIN_FACTOR + 0.5)).abs() < 0.11,
+            "{}",
+            limiter.factor("a")
+        );
+        limiter.reserve(&[(Arc::clone(&a), 0, 0)], later + Duration::from_secs(10));
         assert_eq!(limiter.factor("a"), 1.0);
-        for _ in 0..100 {
-            limiter.throttled(&a, now);
-        }
-        assert_eq!(limiter.factor("a"), MIN_FACTOR);
     }
 
     proptest! {
