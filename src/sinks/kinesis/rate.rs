@@ -13,6 +13,10 @@ use tokio::time::Instant;
 pub const SHARD_RECORDS_PER_SECOND: f64 = 1000.0;
 /// ... and up to 1 MiB per second per shard, data plus partition keys.
 pub const SHARD_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
+/// Pace at this fraction of the limits, with a burst of BURST_SECONDS of that rate, so that any
+/// one-second window (how Kinesis measures) holds at most rate + burst = the limit.
+const UTILISATION: f64 = 0.8;
+const BURST_SECONDS: f64 = 0.2;
 /// A throttled shard's rate is multiplied by this ...
 const DECREASE: f64 = 0.5;
 /// ... at most once per this long (the requests in flight when a shard starts throttling all come
@@ -35,15 +39,15 @@ struct Bucket {
 impl Bucket {
     fn new(now: Instant) -> Bucket {
         Bucket {
-            records: SHARD_RECORDS_PER_SECOND,
-            bytes: SHARD_BYTES_PER_SECOND,
+            records: SHARD_RECORDS_PER_SECOND * UTILISATION * BURST_SECONDS,
+            bytes: SHARD_BYTES_PER_SECOND * UTILISATION * BURST_SECONDS,
             factor: 1.0,
             at: now,
             decreased_at: None,
         }
     }
 
-    /// Refill for the time passed, capped at one second's worth (the burst allowed).
+    /// Refill for the time passed, capped at the burst allowed.
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -54,14 +58,15 @@ impl Bucket {
             self.factor = (self.factor + elapsed * INCREASE_PER_SECOND).min(1.0);
         }
         let (records_rate, bytes_rate) = self.rates();
-        self.records = (self.records + elapsed * records_rate).min(records_rate);
-        self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate);
+        self.records = (self.records + elapsed * records_rate).min(records_rate * BURST_SECONDS);
+        self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate * BURST_SECONDS);
     }
 
     fn rates(&self) -> (f64, f64) {
+        let scale = self.factor * UTILISATION;
         (
-            SHARD_RECORDS_PER_SECOND * self.factor,
-            SHARD_BYTES_PER_SECOND * self.factor,
+            SHARD_RECORDS_PER_SECOND * scale,
+            SHARD_BYTES_PER_SECOND * scale,
         )
     }
 }
@@ -134,18 +139,23 @@ mod tests {
         Arc::from(name)
     }
 
+    const RECORDS_RATE: f64 = SHARD_RECORDS_PER_SECOND * UTILISATION;
+    const BYTES_RATE: f64 = SHARD_BYTES_PER_SECOND * UTILISATION;
+
     #[test]
     fn a_burst_within_the_limits_goes_at_once_then_callers_wait() {
         let limiter = ShardLimiter::default();
         let now = Instant::now();
         let a = shard("a");
+        let burst = (RECORDS_RATE * BURST_SECONDS) as u64;
         assert_eq!(
-            limiter.reserve(&[(Arc::clone(&a), 1000, 1000)], now),
+            limiter.reserve(&[(Arc::clone(&a), burst, 1000)], now),
             Duration::ZERO
         );
-        // 500 more records need half a second of refill.
-        let wait = limiter.reserve(&[(Arc::clone(&a), 500, 500)], now);
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // Half a second's worth more waits half a second.
+        let half = (RECORDS_RATE / 2.0) as u64;
+        let wait = limiter.reserve(&[(Arc::clone(&a), half, 1000)], now);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-3, "{wait:?}");
         // Another shard has its own bucket.
         assert_eq!(
             limiter.reserve(&[(shard("b"), 10, 10)], now),
@@ -157,8 +167,9 @@ mod tests {
     fn bytes_limit_binds_too() {
         let limiter = ShardLimiter::default();
         let now = Instant::now();
-        let wait = limiter.reserve(&[(shard("a"), 1, 3 * 1024 * 1024)], now);
-        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+        let bytes = (BYTES_RATE * (BURST_SECONDS + 2.0)) as u64;
+        let wait = limiter.reserve(&[(shard("a"), 1, bytes)], now);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-3, "{wait:?}");
     }
 
     #[test]
@@ -214,8 +225,9 @@ mod tests {
                 records += n;
                 bytes += b;
                 let elapsed = sent_at.duration_since(start).as_secs_f64();
-                prop_assert!(records as f64 <= SHARD_RECORDS_PER_SECOND * (1.0 + elapsed) + 1e-6);
-                prop_assert!(bytes as f64 <= SHARD_BYTES_PER_SECOND * (1.0 + elapsed) + 1e-3);
+                // What went out by each send: at most the burst plus the rate over the time since start.
+                prop_assert!(records as f64 <= RECORDS_RATE * (BURST_SECONDS + elapsed) + 1e-6);
+                prop_assert!(bytes as f64 <= BYTES_RATE * (BURST_SECONDS + elapsed) + 1e-3);
                 now = sent_at;
             }
         }
