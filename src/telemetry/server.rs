@@ -119,6 +119,20 @@ pub fn render(metrics: &Metrics) -> String {
             "shipper_put_records_failed_total{{error_code=\"{code}\"}} {value}"
         );
     }
+    // Everything read that did not reach Kinesis as it was, by reason (each also has its own counter).
+    let _ = writeln!(out, "# TYPE shipper_records_dropped_total counter");
+    let dropped = [
+        ("dead_letter", &metrics.records_dead_lettered_total),
+        ("line_truncated", &metrics.lines_truncated_total),
+        ("empty_line", &metrics.empty_lines_skipped_total),
+    ];
+    for (reason, counter) in dropped {
+        let _ = writeln!(
+            out,
+            "shipper_records_dropped_total{{reason=\"{reason}\"}} {}",
+            Metrics::get(counter)
+        );
+    }
     let _ = writeln!(out, "# TYPE shipper_throttled_records_total counter");
     for (shard, value) in metrics.throttled_by_shard() {
         let shard = escape_label_value(&shard);
@@ -259,6 +273,10 @@ mod tests {
         metrics.failed("ProvisionedThroughputExceededException", 2);
         let text = render(&metrics);
         assert!(text.contains("shipper_records_sent_total 7\n"), "{text}");
+        assert!(
+            text.contains("shipper_records_dropped_total{reason=\"dead_letter\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("shipper_lines_read_total 0\n"), "{text}");
         assert!(
             text.contains("shipper_put_records_failed_total{error_code=\"ProvisionedThroughputExceededException\"} 2\n"),
