@@ -83,6 +83,17 @@ pub struct Batch {
 pub struct Batcher {
     limits: Limits,
     current: Batch,
+    /// With rate control: what one batch may carry per shard, and what the open batch carries.
+    shard_budget: Option<ShardBudget>,
+    per_shard: std::collections::HashMap<std::sync::Arc<str>, (usize, usize)>,
+}
+
+/// The most one request may carry for one shard. A request carrying more than a shard takes in a
+/// fraction of a second gets throttled however well requests are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardBudget {
+    pub max_records: usize,
+    pub max_bytes: usize,
 }
 
 /// What became of a record given to [`Batcher::push`].
@@ -101,7 +112,24 @@ impl Batcher {
         Batcher {
             limits,
             current: Batch::default(),
+            shard_budget: None,
+            per_shard: std::collections::HashMap::new(),
         }
+    }
+
+    /// Also cut a batch when one shard's share would pass `budget` (records without a shard are
+    /// not counted).
+    pub fn with_shard_budget(mut self, budget: Option<ShardBudget>) -> Self {
+        self.shard_budget = budget;
+        self
+    }
+
+    fn fits_shard(&self, record: &Record, size: usize) -> bool {
+        let (Some(budget), Some(shard)) = (self.shard_budget, &record.shard) else {
+            return true;
+        };
+        let (records, bytes) = self.per_shard.get(shard).copied().unwrap_or_default();
+        records == 0 || (records < budget.max_records && bytes + size <= budget.max_bytes)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,8 +142,17 @@ impl Batcher {
             return Pushed::Oversize(record);
         }
         let fits = self.current.records.len() < self.limits.max_records
-            && self.current.bytes + size <= self.limits.max_bytes;
+            && self.current.bytes + size <= self.limits.max_bytes
+            && self.fits_shard(&record, size);
         let full = if fits { None } else { self.take() };
+        if let (Some(_), Some(shard)) = (self.shard_budget, &record.shard) {
+            let entry = self
+                .per_shard
+                .entry(std::sync::Arc::clone(shard))
+                .or_default();
+            entry.0 += 1;
+            entry.1 += size;
+        }
         self.current.bytes += size;
         self.current.records.push(record);
         match full {
@@ -129,6 +166,7 @@ impl Batcher {
         if self.current.records.is_empty() {
             None
         } else {
+            self.per_shard.clear();
             Some(std::mem::take(&mut self.current))
         }
     }
@@ -174,11 +212,12 @@ pub trait Dispatch {
 pub async fn run(
     mut input: mpsc::Receiver<Vec<Record>>,
     limits: Limits,
+    shard_budget: Option<ShardBudget>,
     linger: Duration,
     stage: &mut impl Stage,
     dispatch: &mut impl Dispatch,
 ) {
-    let mut batcher = Batcher::new(limits);
+    let mut batcher = Batcher::new(limits).with_shard_budget(shard_budget);
     let mut deadline: Option<Instant> = None;
     let mut ready = Vec::new();
     loop {
@@ -298,6 +337,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_budget_cuts_batches_per_shard() {
+        let p = progress();
+        let budget = ShardBudget {
+            max_records: 1000,
+            max_bytes: 250,
+        };
+        let mut batcher = Batcher::new(Limits::default()).with_shard_budget(Some(budget));
+        let mut full = Vec::new();
+        for i in 0..6u64 {
+            let mut r = record(&p, i, 99, "k");
+            // Two shards, alternating: each may take two 100-byte records per batch.
+            r.shard = Some(std::sync::Arc::from(if i % 2 == 0 { "a" } else { "b" }));
+            if let Pushed::Full(batch) = batcher.push(r) {
+                full.push(batch.records.len());
+            }
+        }
+        full.extend(batcher.take().map(|b| b.records.len()));
+        assert_eq!(full, vec![4, 2]);
+    }
+
+    #[test]
     fn oversize_record_is_given_back() {
         let p = progress();
         let mut batcher = Batcher::new(Limits::default());
@@ -371,6 +431,7 @@ mod tests {
             run(
                 rx,
                 Limits::default(),
+                None,
                 Duration::from_millis(200),
                 &mut Passthrough,
                 &mut collect,

@@ -105,7 +105,7 @@ pub struct Options {
     /// KCL, Lambda and Firehose), lifting the 1,000 records/s per shard cap.
     #[arg(long, env = "SHIPPER_AGGREGATE")]
     pub aggregate: bool,
-    /// Largest aggregate, before compression (default 256 KiB).
+    /// Largest aggregate, before compression (default 64 KiB).
     #[arg(long, env = "SHIPPER_AGGREGATE_MAX_BYTES", value_name = "BYTES")]
     pub aggregate_max_bytes: Option<usize>,
     /// Turn off per-shard rate control (on by default: each shard is paced at 1,000 records/s and

@@ -19,11 +19,11 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(200);
 /// Below Kubernetes' default termination grace period of 30 s, so a drain finishes before SIGKILL.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(25);
 pub const DEFAULT_CONCURRENCY: usize = 4;
-/// An aggregate of up to 256 KiB (before compression): far above what the 1,000 records/s per
-/// shard cap needs (a few KiB per aggregate already lifts it past the 1 MiB/s byte cap), small
-/// enough that a consumer de-aggregating it holds little in memory and that one record is a
-/// quarter of a second of a shard's byte budget at worst.
-pub const DEFAULT_AGGREGATE_MAX_BYTES: usize = 256 * 1024;
+/// An aggregate of up to 64 KiB (before compression), close to the KPL's 50 KiB: hundreds of log
+/// lines per Kinesis record, far past what lifts the 1,000 records/s per shard cap; small enough
+/// that a shard's 1 MiB/s is shared by many records a second (smooth pacing, short waits) and that
+/// a consumer de-aggregating it holds little in memory.
+pub const DEFAULT_AGGREGATE_MAX_BYTES: usize = 64 * 1024;
 /// Room kept below the record limit for compression framing around an aggregate.
 pub const AGGREGATE_COMPRESSION_SLACK: usize = 1024;
 

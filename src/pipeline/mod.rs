@@ -206,15 +206,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         };
         let (limits, linger) = (config.limits, config.linger);
         let max_aggregate_bytes = config.aggregate_max_bytes;
+        let paced = config.rate_limit && !config.dry_run;
+        let shard_budget = paced.then(kinesis::rate::batch_budget);
         let mut packer = Packer::new(
             config.aggregate,
             config.compress,
             shards.clone(),
             max_aggregate_bytes,
         );
-        tokio::spawn(
-            async move { batch::run(rx, limits, linger, &mut packer, &mut dispatch).await },
-        )
+        tokio::spawn(async move {
+            batch::run(rx, limits, shard_budget, linger, &mut packer, &mut dispatch).await
+        })
     };
     let checkpointer = (!config.dry_run).then(|| {
         let registry = Arc::clone(&registry);

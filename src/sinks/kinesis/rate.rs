@@ -27,6 +27,14 @@ const MIN_FACTOR: f64 = 0.1;
 /// ... and recovers by this fraction of the limit per second without throttling.
 const INCREASE_PER_SECOND: f64 = 0.1;
 
+/// What one request may carry per shard: half a second at the paced rate, so pacing stays smooth.
+pub fn batch_budget() -> crate::batch::ShardBudget {
+    crate::batch::ShardBudget {
+        max_records: (SHARD_RECORDS_PER_SECOND * UTILISATION * 0.5) as usize,
+        max_bytes: (SHARD_BYTES_PER_SECOND * UTILISATION * 0.5) as usize,
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
     records: f64,
