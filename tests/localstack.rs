@@ -109,13 +109,14 @@ async fn ships_every_line_in_file_order_per_shard_and_stops_cleanly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("restart");
-    create_stream(&client, &stream, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir: _dir,
+        log,
+        data_dir,
+    } = Fixture::new("restart", 1, "worker.log").await;
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     append_lines(&log, 0, 600);
 
@@ -147,13 +148,14 @@ async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_while_writing_loses_nothing() {
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("rotate");
-    create_stream(&client, &stream, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("app.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir: _dir,
+        log,
+        data_dir,
+    } = Fixture::new("rotate", 2, "app.log").await;
     let (log_s, data_s) = (
         log.to_str().unwrap().to_string(),
         data_dir.to_str().unwrap().to_string(),
@@ -281,13 +283,14 @@ async fn missing_stream_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_shipping_then_restart_loses_nothing() {
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("crash");
-    create_stream(&client, &stream, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir: _dir,
+        log,
+        data_dir,
+    } = Fixture::new("crash", 2, "worker.log").await;
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     append_lines(&log, 0, 1500);
 
@@ -360,13 +363,14 @@ fn metric(text: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_was_shipped_and_readiness_follows_the_data_dir() {
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("metrics");
-    create_stream(&client, &stream, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir,
+        log,
+        data_dir,
+    } = Fixture::new("metrics", 1, "worker.log").await;
     append_lines(&log, 0, 300);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -436,13 +440,14 @@ async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback(
     let cut: usize = lines[..cut_line].iter().map(|l| l.len() + 1).sum();
     let expected_records = lines.iter().filter(|l| prefixed(l)).count();
 
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("celery");
-    create_stream(&client, &stream, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir: _dir,
+        log,
+        data_dir,
+    } = Fixture::new("celery", 2, "worker.log").await;
     std::fs::write(&log, &fixture[..cut]).unwrap();
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     let extra = ["--format", "celery"];
@@ -507,13 +512,14 @@ async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback(
 /// aggregates, and every user record sits in an aggregate read from the shard its key hashes to.
 #[tokio::test(flavor = "multi_thread")]
 async fn aggregated_and_compressed_records_arrive_whole_and_shard_aligned() {
-    let endpoint = default_localstack();
-    let client = client(&endpoint).await;
-    let stream = unique_stream("aggregate");
-    create_stream(&client, &stream, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("worker.log");
-    let data_dir = dir.path().join("data");
+    let Fixture {
+        endpoint,
+        client,
+        stream,
+        dir: _dir,
+        log,
+        data_dir,
+    } = Fixture::new("aggregate", 2, "worker.log").await;
     append_lines(&log, 0, 3000);
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     let extra = [

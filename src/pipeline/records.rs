@@ -46,6 +46,28 @@ struct FileState {
     next_start: u64,
 }
 
+impl FileState {
+    fn new(line: &Line<'_>, joiner: &JoinerConfig) -> FileState {
+        let id = line.file.id();
+        FileState {
+            progress: Arc::clone(line.file),
+            joiner: Joiner::new(joiner.clone()),
+            // The record id must not change when a small file grows, so it uses device and inode
+            // only; the offset makes it unique within the file.
+            context: FileContext::new(
+                line.path.display().to_string(),
+                FileIdentity {
+                    dev: id.dev,
+                    inode: id.ino,
+                    fingerprint: 0,
+                },
+            ),
+            generation: line.file.generation(),
+            next_start: line.start,
+        }
+    }
+}
+
 /// Turns lines into records and passes them on in chunks.
 pub struct RecordBuilder {
     tx: mpsc::Sender<Vec<Record>>,
@@ -78,40 +100,14 @@ impl RecordBuilder {
     }
 
     fn state(&mut self, line: &Line<'_>) -> &mut FileState {
-        let id = line.file.id();
         let joiner = &self.rules.joiner;
-        let state = self.files.entry(id).or_insert_with(|| FileState {
-            progress: Arc::clone(line.file),
-            joiner: Joiner::new(joiner.clone()),
-            // The record id must not change when a small file grows, so it uses device and inode
-            // only; the offset makes it unique within the file.
-            context: FileContext::new(
-                line.path.display().to_string(),
-                FileIdentity {
-                    dev: id.dev,
-                    inode: id.ino,
-                    fingerprint: 0,
-                },
-            ),
-            generation: line.file.generation(),
-            next_start: line.start,
-        });
+        let state = self
+            .files
+            .entry(line.file.id())
+            .or_insert_with(|| FileState::new(line, joiner));
         if !Arc::ptr_eq(&state.progress, line.file) {
             // A new file with a reused inode: start over.
-            *state = FileState {
-                progress: Arc::clone(line.file),
-                joiner: Joiner::new(joiner.clone()),
-                context: FileContext::new(
-                    line.path.display().to_string(),
-                    FileIdentity {
-                        dev: id.dev,
-                        inode: id.ino,
-                        fingerprint: 0,
-                    },
-                ),
-                generation: line.file.generation(),
-                next_start: line.start,
-            };
+            *state = FileState::new(line, joiner);
         }
         state
     }

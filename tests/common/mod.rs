@@ -319,3 +319,34 @@ pub fn line_numbers(texts: &[String]) -> Vec<usize> {
         .filter_map(|t| t.strip_prefix("line-")?.get(..6)?.parse().ok())
         .collect()
 }
+
+/// What most LocalStack tests start from: a fresh stream, and a temp dir with a log file path and a
+/// data dir. Keep `dir` bound: dropping it removes the directory.
+pub struct Fixture {
+    pub endpoint: String,
+    pub client: Client,
+    pub stream: String,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Fixture {
+    pub async fn new(prefix: &str, shards: i32, log_name: &str) -> Fixture {
+        let endpoint = default_localstack();
+        let client = client(&endpoint).await;
+        let stream = unique_stream(prefix);
+        create_stream(&client, &stream, shards).await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(log_name);
+        let data_dir = dir.path().join("data");
+        Fixture {
+            endpoint,
+            client,
+            stream,
+            dir,
+            log,
+            data_dir,
+        }
+    }
+}
