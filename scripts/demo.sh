@@ -93,10 +93,10 @@ FIRST=$((LINES / 2))
 step "writing $FIRST Celery log lines to $LOG"
 "$ROOT/scripts/demo_writer.py" "$LOG" --lines "$FIRST" --tracebacks 1 --seed 1 --rate 0 --quiet
 
-step "starting: shipper tail $LOG --stream $STREAM --read-from beginning"
+step "starting: shipper tail $LOG --stream $STREAM --read-from beginning --format celery"
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION="$REGION" \
     "$SHIPPER" tail "$LOG" --stream "$STREAM" --endpoint-url "$ENDPOINT" --region "$REGION" \
-    --data-dir "$TMP/data" --read-from beginning >"$TMP/shipper.log" 2>&1 &
+    --data-dir "$TMP/data" --read-from beginning --format celery >"$TMP/shipper.log" 2>&1 &
 SHIPPER_PID=$!
 
 step "appending $((LINES - FIRST)) more lines while it runs"
