@@ -10,6 +10,7 @@
 
 pub mod pack;
 pub mod records;
+mod shards;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ use crate::parse::multiline::{self, JoinerConfig, Multiline};
 use crate::parse::{Enrichment, Format, Formatter, Kubernetes, KubernetesEnvNames, TimeZone};
 use crate::partition_key::Template;
 use crate::shard_map::{ShardMap, ShardRange, SharedShardMap};
-use crate::sinks::kinesis::{ShardLimiter, Transport};
+use crate::sinks::kinesis::ShardLimiter;
 use pack::Packer;
 use records::{RecordBuilder, RecordRules};
 
@@ -127,8 +128,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         if let Some(shards) = &shards {
             // Load the map before reading, so the first records are packed per shard; if Kinesis
             // cannot be asked yet, the refresher keeps trying and records go out unpacked meanwhile.
-            refresh_shards(&transport, shards).await;
-            tokio::spawn(shard_refresher(
+            shards::refresh(&transport, shards).await;
+            tokio::spawn(shards::refresher(
                 transport,
                 Arc::clone(shards),
                 stop_refresher.clone(),
@@ -319,52 +320,6 @@ impl Dispatch for Dispatcher {
 
     async fn oversize(&mut self, record: Record) {
         self.sink.oversize(record);
-    }
-}
-
-/// How often the shard map is read again when nothing asks for it sooner (resharding takes
-/// seconds to minutes; a record landing on an unexpected shard asks at once).
-const SHARD_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-
-async fn refresh_shards(transport: &SdkTransport, shards: &SharedShardMap) -> bool {
-    let listed = transport.list_shards().await;
-    match listed.map(ShardMap::new) {
-        Ok(Ok(map)) => {
-            info!(shards = map.len(), "shard map loaded");
-            shards.set(map);
-            true
-        }
-        Ok(Err(map_error)) => {
-            warn!(error = %map_error, "listshards returned an unusable shard map; keeping the old one");
-            false
-        }
-        Err(list_error) => {
-            warn!(error = %list_error, "cannot list the stream's shards; retrying");
-            false
-        }
-    }
-}
-
-/// Keep the shard map current: on a timer, and whenever the sink marks it stale.
-async fn shard_refresher(
-    transport: SdkTransport,
-    shards: Arc<SharedShardMap>,
-    stop: CancellationToken,
-) {
-    let mut backoff = RetryPolicy::default().backoff();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(SHARD_REFRESH_INTERVAL) => {}
-            () = shards.stale() => {}
-            () = stop.cancelled() => return,
-        }
-        while !refresh_shards(&transport, &shards).await {
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = stop.cancelled() => return,
-            }
-        }
-        backoff = RetryPolicy::default().backoff();
     }
 }
 
