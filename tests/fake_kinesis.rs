@@ -2,8 +2,7 @@
 //! client: if the SDK can create, list, put, fail and read back against it, the shipper's
 //! benchmarks and fault tests exercise the same code paths as against Kinesis.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
@@ -17,46 +16,9 @@ use shipper::compress::{self, Compression};
 use shipper::shard_map::{ShardMap, ShardRange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The endpoint process, killed when the test ends however it ends.
-struct FakeKinesis {
-    child: Child,
-    addr: String,
-}
+use common::fake::FakeKinesis;
 
 impl FakeKinesis {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-kinesis"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn fake-kinesis");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the address line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        let credentials =
-            aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
-        let config = aws_sdk_kinesis::config::Builder::new()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{}", self.addr))
-            .credentials_provider(credentials)
-            .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-            .build();
-        Client::from_conf(config)
-    }
-
     /// One admin call over plain HTTP/1.1.
     async fn admin(&self, method: &str, path: &str, body: &str) -> Value {
         let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
@@ -71,13 +33,6 @@ impl FakeKinesis {
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         serde_json::from_str(body).unwrap()
-    }
-}
-
-impl Drop for FakeKinesis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -14,6 +14,8 @@
 //! before the endpoint served the shipper a ListShards call after the split, and none after. A
 //! merge cannot misalign anything (both parents' ranges lie inside the child's).
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -30,47 +32,12 @@ use shipper::aggregate;
 use shipper::compress;
 use shipper::shard_map::{ShardRange, hash_key};
 
+use common::fake::FakeKinesis;
+
 const STREAM: &str = "reshard";
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// The endpoint process, killed when the test ends however it ends.
-struct FakeKinesis {
-    child: Child,
-    addr: String,
-}
-
 impl FakeKinesis {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-kinesis"))
-            .args(["--addr", "127.0.0.1:0", "--stream", STREAM])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn fake-kinesis");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the address line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        let credentials =
-            aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "tests");
-        let config = aws_sdk_kinesis::config::Builder::new()
-            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{}", self.addr))
-            .credentials_provider(credentials)
-            .build();
-        Client::from_conf(config)
-    }
-
     /// `GET path` on the admin API, as JSON.
     fn get(&self, path: &str) -> Value {
         let mut stream = std::net::TcpStream::connect(&self.addr).unwrap();
@@ -96,13 +63,6 @@ impl FakeKinesis {
             decode_errors: get("decode_errors"),
             control_calls: get("requests") - get("put_records_calls") - get("put_record_calls"),
         }
-    }
-}
-
-impl Drop for FakeKinesis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -320,7 +280,7 @@ fn line_number(line: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_during_a_run_keep_aggregates_aligned_and_lose_nothing() {
-    let endpoint = FakeKinesis::start(&["--shards", "2", "--store"]);
+    let endpoint = FakeKinesis::start(&["--stream", STREAM, "--shards", "2", "--store"]);
     let client = endpoint.client();
     let dir = tempfile::tempdir().unwrap();
     let log_file = dir.path().join("worker.log");

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: LocalStack, streams, the shipper process, reading back.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
