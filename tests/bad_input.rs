@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const HUGE: usize = 5 * 1024 * 1024;
@@ -48,26 +46,7 @@ fn bad_input_is_shipped_or_skipped_as_documented() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let output = Arc::clone(&output);
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 65536];
-            while let Ok(n) = stdout.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                output.lock().unwrap().extend_from_slice(&buffer[..n]);
-            }
-        })
-    };
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let captured = common::Captured::start(&mut child);
 
     let expected: [&[u8]; 5] = [
         "bad \u{FFFD}\u{FFFD} bytes\n".as_bytes(),
@@ -82,7 +61,7 @@ fn bad_input_is_shipped_or_skipped_as_documented() {
     ];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = output.lock().unwrap().clone();
+        let text = captured.stdout_so_far();
         if expected
             .iter()
             .all(|e| text.windows(e.len()).any(|w| w == *e))
@@ -102,11 +81,9 @@ fn bad_input_is_shipped_or_skipped_as_documented() {
         .unwrap();
     assert!(status.success());
     let code = child.wait().unwrap().code();
-    reader.join().unwrap();
-    let log = stderr_reader.join().unwrap();
+    let (text, log) = captured.finish();
     assert_eq!(code, Some(0), "{log}");
 
-    let text = output.lock().unwrap().clone();
     let lines: Vec<&[u8]> = text
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -6,10 +6,12 @@
 //!
 //! The venv comes from `scripts/install-tools.sh` (idempotent; quick when already installed).
 
-use std::io::{Read, Write};
+mod common;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -144,40 +146,20 @@ fn dry_run(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn shipper");
-    let printed = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let printed = Arc::clone(&printed);
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 65536];
-            while let Ok(n) = stdout.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                printed.lock().unwrap().extend_from_slice(&buffer[..n]);
-            }
-        })
-    };
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let captured = common::Captured::start(&mut child);
     // Poll the independent decoder over the complete lines printed so far, with a deadline.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = String::from_utf8(printed.lock().unwrap().clone()).expect("stdout is UTF-8");
+        let text = String::from_utf8(captured.stdout_so_far()).expect("stdout is UTF-8");
         let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
         let seen = decode(complete, decompress).map_or(0, |decoded| decoded.user_records.len());
         if seen >= expected {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
-            reader.join().unwrap();
+            let (_, log_text) = captured.finish();
             panic!(
-                "shipper exited with {status} after {seen} of {expected} user records: {}",
-                stderr_reader.join().unwrap()
+                "shipper exited with {status} after {seen} of {expected} user records: {log_text}"
             );
         }
         assert!(
@@ -192,10 +174,9 @@ fn dry_run(
         .unwrap();
     assert!(status.success());
     let code = child.wait().unwrap().code();
-    reader.join().unwrap();
-    let log_text = stderr_reader.join().unwrap();
+    let (printed, log_text) = captured.finish();
     assert_eq!(code, Some(0), "{log_text}");
-    String::from_utf8(printed.lock().unwrap().clone()).unwrap()
+    String::from_utf8(printed).unwrap()
 }
 
 /// Checks one dry run's records: what the decoder returns is the input, in order, and the output

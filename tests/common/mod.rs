@@ -352,3 +352,54 @@ impl Fixture {
         }
     }
 }
+
+/// A child's standard output collected as it arrives, and its standard error collected to the end,
+/// each on a thread so neither pipe fills up and blocks the child.
+pub struct Captured {
+    stdout: std::sync::Arc<Mutex<Vec<u8>>>,
+    stdout_thread: std::thread::JoinHandle<()>,
+    stderr_thread: std::thread::JoinHandle<String>,
+}
+
+impl Captured {
+    /// Take the child's piped stdout and stderr.
+    pub fn start(child: &mut Child) -> Captured {
+        use std::io::Read;
+        let stdout = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().expect("piped stdout");
+        let collected = std::sync::Arc::clone(&stdout);
+        let stdout_thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 65536];
+            while let Ok(n) = out.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                collected.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        let mut err = child.stderr.take().expect("piped stderr");
+        let stderr_thread = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        Captured {
+            stdout,
+            stdout_thread,
+            stderr_thread,
+        }
+    }
+
+    /// What the child printed so far.
+    pub fn stdout_so_far(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Once the child has exited: everything it printed, and its whole stderr.
+    pub fn finish(self) -> (Vec<u8>, String) {
+        self.stdout_thread.join().unwrap();
+        let stderr = self.stderr_thread.join().unwrap();
+        let stdout = self.stdout.lock().unwrap().clone();
+        (stdout, stderr)
+    }
+}
