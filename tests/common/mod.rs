@@ -77,14 +77,61 @@ pub fn unique_stream(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
+/// Delete streams that earlier test processes created (`unique_stream` names carry the process
+/// id): LocalStack is reused between runs, and its account allows 100 shards in all.
+async fn delete_leftover_streams(client: &Client) {
+    let own = std::process::id().to_string();
+    let Ok(listed) = client.list_streams().limit(1000).send().await else {
+        return;
+    };
+    for name in listed.stream_names() {
+        let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+        let from_a_test = parts.len() == 3
+            && parts[0].bytes().all(|b| b.is_ascii_digit())
+            && parts[1].bytes().all(|b| b.is_ascii_digit());
+        if from_a_test && parts[1] != own {
+            let _ = client
+                .delete_stream()
+                .stream_name(name)
+                .enforce_consumer_deletion(true)
+                .send()
+                .await;
+        }
+    }
+}
+
 pub async fn create_stream(client: &Client, name: &str, shards: i32) {
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
-        .await
-        .expect("create stream");
+    static CLEANED: Mutex<bool> = Mutex::new(false);
+    let first = !std::mem::replace(
+        &mut *CLEANED.lock().unwrap_or_else(|p| p.into_inner()),
+        true,
+    );
+    if first {
+        delete_leftover_streams(client).await;
+    }
+    // Deletions free their shards a moment later: retry while the shard limit is still reached.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+        {
+            Ok(_) => break,
+            Err(error) => {
+                let limited = error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_limit_exceeded_exception());
+                assert!(
+                    limited && Instant::now() < deadline,
+                    "create stream {name}: {error:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let summary = client
