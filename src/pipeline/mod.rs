@@ -5,7 +5,7 @@
 //!        ▲ offsets from checkpoints                                         │ acks
 //!        └──────────── checkpointer task ◀── ack registry ◀─────────────────┘
 //! ```
-//! All channels are bounded: when Kinesis is slow, send permits run out, the batcher stops reading,
+//! All channels are bounded: when Kinesis is slow, request slots run out, the batcher stops reading,
 //! the chunk channel fills, and the file source blocks. The file is the buffer.
 
 pub mod pack;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -124,7 +124,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
             RetryPolicy::default(),
             DeadLetter::new(&config.data_dir),
             Arc::clone(&metrics),
-        );
+        )
+        .with_concurrency(config.concurrency);
         if let Some(shards) = &shards {
             // Load the map before reading, so the first records are packed per shard; if Kinesis
             // cannot be asked yet, the refresher keeps trying and records go out unpacked meanwhile.
@@ -137,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
             let limiter = config.rate_limit.then(|| Arc::new(ShardLimiter::default()));
             sink = sink.with_shards(Arc::clone(shards), limiter);
         }
-        Output::Kinesis(sink)
+        Output::Kinesis(Arc::new(sink))
     };
 
     let health = Arc::new(Health::new(
@@ -201,7 +202,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     let batcher = {
         let mut dispatch = Dispatcher {
             sink: Arc::clone(&sink),
-            permits: Arc::new(Semaphore::new(config.concurrency)),
             senders: senders.clone(),
             hard_stop: hard_stop.clone(),
         };
@@ -273,18 +273,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
 }
 
 enum Output {
-    Kinesis(Sink<SdkTransport>),
+    Kinesis(Arc<Sink<SdkTransport>>),
     Stdout(StdoutSink),
 }
 
 impl Output {
-    async fn send(&self, batch: Batch, stop: &CancellationToken) {
-        match self {
-            Output::Kinesis(sink) => sink.send(batch, stop).await,
-            Output::Stdout(sink) => sink.send(batch),
-        }
-    }
-
     fn oversize(&self, record: Record) {
         match self {
             Output::Kinesis(sink) => sink.oversize(record),
@@ -296,26 +289,26 @@ impl Output {
     }
 }
 
-/// Hands each batch to its own send task, at most `concurrency` at once.
+/// Hands each batch to its own send task once the sink has a request slot for it (at most
+/// `concurrency` calls in flight); a dry run prints each batch in order instead.
 struct Dispatcher {
     sink: Arc<Output>,
-    permits: Arc<Semaphore>,
     senders: TaskTracker,
     hard_stop: CancellationToken,
 }
 
 impl Dispatch for Dispatcher {
     async fn batch(&mut self, batch: Batch) {
-        // The semaphore is never closed, so acquiring only waits.
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+        let sink = match &*self.sink {
+            Output::Stdout(stdout) => return stdout.send(batch),
+            Output::Kinesis(sink) => sink,
+        };
+        let Some(slot) = sink.request_slot().await else {
             return;
         };
-        let sink = Arc::clone(&self.sink);
+        let sink = Arc::clone(sink);
         let stop = self.hard_stop.clone();
-        self.senders.spawn(async move {
-            sink.send(batch, &stop).await;
-            drop(permit);
-        });
+        self.senders.spawn(async move { sink.send_in_slot(batch, slot, &stop).await });
     }
 
     async fn oversize(&mut self, record: Record) {

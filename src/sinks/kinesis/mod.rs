@@ -18,6 +18,7 @@ mod tests;
 
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -37,6 +38,9 @@ pub use transport::{EntryResult, SdkTransport, Transport, check_stream};
 /// nothing is lost yet, but an operator should look.
 const LOUD_AFTER_ATTEMPTS: u32 = 10;
 
+/// Batches that may wait out a backoff without holding a request slot, per request slot.
+const PARKED_PER_REQUEST_SLOT: usize = 4;
+
 pub struct Sink<T> {
     transport: T,
     stream: String,
@@ -45,6 +49,10 @@ pub struct Sink<T> {
     metrics: Arc<Metrics>,
     shards: Option<Arc<SharedShardMap>>,
     limiter: Option<Arc<ShardLimiter>>,
+    /// Request slots: at most this many PutRecords calls in flight (`--concurrency`).
+    requests: Arc<Semaphore>,
+    /// Places for batches waiting out a backoff after a partly failed call, without a slot.
+    parked: Arc<Semaphore>,
 }
 
 impl<T: Transport> Sink<T> {
@@ -63,7 +71,26 @@ impl<T: Transport> Sink<T> {
             metrics,
             shards: None,
             limiter: None,
+            requests: Arc::new(Semaphore::new(crate::config::DEFAULT_CONCURRENCY)),
+            parked: Arc::new(Semaphore::new(
+                crate::config::DEFAULT_CONCURRENCY * PARKED_PER_REQUEST_SLOT,
+            )),
         }
+    }
+
+    /// At most `concurrency` PutRecords calls in flight.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        self.requests = Arc::new(Semaphore::new(concurrency));
+        self.parked = Arc::new(Semaphore::new(concurrency * PARKED_PER_REQUEST_SLOT));
+        self
+    }
+
+    /// Wait for a request slot: the dispatcher takes one before it starts a batch, so that reading
+    /// pauses while every slot is busy.
+    pub async fn request_slot(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed, so this only waits.
+        Arc::clone(&self.requests).acquire_owned().await.ok()
     }
 
     /// Mark `shards` stale when a record lands elsewhere than expected, and pace each call per
@@ -111,10 +138,40 @@ impl<T: Transport> Sink<T> {
     /// Deliver `batch`: returns when every record is acknowledged or dead-lettered, or when `stop` is
     /// cancelled (the records left are then not acknowledged, and a restart reads them again).
     pub async fn send(&self, batch: Batch, stop: &CancellationToken) {
+        let Some(slot) = self.request_slot().await else {
+            return;
+        };
+        self.send_in_slot(batch, slot, stop).await;
+    }
+
+    /// [`Sink::send`] with a request slot already taken.
+    ///
+    /// After a call that delivered some entries and failed others, the stream is working and the
+    /// failures were the entries' own (a throttled shard, an internal failure): the batch then
+    /// waits out its backoff parked, without its request slot, so that other batches keep flowing,
+    /// and the backoff starts again from its shortest step. After a call that delivered nothing,
+    /// the batch keeps its slot while it waits, and the backoff keeps growing: when the stream or
+    /// the network is down, the slots stay busy, reading pauses, and the file is the buffer.
+    pub async fn send_in_slot(
+        &self,
+        batch: Batch,
+        slot: OwnedSemaphorePermit,
+        stop: &CancellationToken,
+    ) {
+        let mut slot = Some(slot);
         let mut pending = batch.records;
         let mut backoff = self.retry.backoff();
         let mut failed_attempts = 0u32;
+        // Held from parking until the slot is back, so that the parked batches stay bounded.
+        let mut parking: Option<OwnedSemaphorePermit> = None;
         while !pending.is_empty() {
+            if slot.is_none() {
+                slot = tokio::select! {
+                    permit = Arc::clone(&self.requests).acquire_owned() => permit.ok(),
+                    () = stop.cancelled() => return,
+                };
+                parking = None;
+            }
             if !self.pace(&pending, stop).await {
                 return;
             }
@@ -125,6 +182,7 @@ impl<T: Transport> Sink<T> {
                 () = stop.cancelled() => return,
             };
             self.metrics.observe_put_records_latency(started.elapsed());
+            let sent = pending.len();
             pending = match outcome {
                 Ok(results) => {
                     self.metrics.call_answered();
@@ -139,7 +197,7 @@ impl<T: Transport> Sink<T> {
                         if let Some(limiter) = &self.limiter {
                             let now = tokio::time::Instant::now();
                             for shard in pending.iter().filter_map(|r| r.shard.as_ref()) {
-                                limiter.throttled(shard, now);
+                                limiter.outcome(shard, 1, 1, now);
                             }
                         }
                     }
@@ -161,10 +219,20 @@ impl<T: Transport> Sink<T> {
             if pending.is_empty() {
                 break;
             }
-            failed_attempts += 1;
             Metrics::add(&self.metrics.records_retried_total, pending.len() as u64);
+            let progressed = pending.len() < sent;
+            if progressed {
+                failed_attempts = 0;
+                backoff = self.retry.backoff();
+                parking = Arc::clone(&self.parked).try_acquire_owned().ok();
+            } else {
+                failed_attempts += 1;
+            }
+            if parking.is_some() {
+                slot = None;
+            }
             let delay = backoff.next_delay();
-            debug!(records = pending.len(), ?delay, "retrying failed entries");
+            debug!(records = pending.len(), ?delay, parked = parking.is_some(), "retrying failed entries");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return,
@@ -178,8 +246,19 @@ impl<T: Transport> Sink<T> {
         let mut retry = Vec::new();
         let mut delivered_bytes = 0u64;
         let mut delivered_records = 0u64;
-        let mut throttled_shards: Vec<Arc<str>> = Vec::new();
+        // Per shard, with a limiter: entries sent and entries refused for throughput.
+        let mut shard_outcomes: Vec<(Arc<str>, u32, u32)> = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
+            let throttled = matches!(&result, EntryResult::Failed { code, .. } if classify_code(code) == ErrorClass::Throttled);
+            if let (Some(_), Some(shard)) = (&self.limiter, &record.shard) {
+                match shard_outcomes.iter_mut().find(|(s, _, _)| s == shard) {
+                    Some(entry) => {
+                        entry.1 += 1;
+                        entry.2 += u32::from(throttled);
+                    }
+                    None => shard_outcomes.push((Arc::clone(shard), 1, u32::from(throttled))),
+                }
+            }
             match result {
                 EntryResult::Delivered | EntryResult::DeliveredElsewhere { .. } => {
                     if let EntryResult::DeliveredElsewhere { shard_id } = &result {
@@ -205,9 +284,6 @@ impl<T: Transport> Sink<T> {
                                 Metrics::add(&self.metrics.throttled_total, 1);
                                 if let Some(shard) = &record.shard {
                                     self.metrics.throttled_on_shard(shard, 1);
-                                    if !throttled_shards.contains(shard) {
-                                        throttled_shards.push(Arc::clone(shard));
-                                    }
                                 }
                             }
                             retry.push(record);
@@ -218,8 +294,8 @@ impl<T: Transport> Sink<T> {
         }
         if let Some(limiter) = &self.limiter {
             let now = tokio::time::Instant::now();
-            for shard in &throttled_shards {
-                limiter.throttled(shard, now);
+            for (shard, sent, refused) in &shard_outcomes {
+                limiter.outcome(shard, u64::from(*sent), u64::from(*refused), now);
             }
         }
         Metrics::add(&self.metrics.records_sent_total, delivered_records);

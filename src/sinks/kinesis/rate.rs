@@ -14,10 +14,15 @@ pub const SHARD_RECORDS_PER_SECOND: f64 = 1000.0;
 /// ... and up to 1 MiB per second per shard, data plus partition keys.
 pub const SHARD_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
 /// Pace at this fraction of the limits, with a burst of BURST_SECONDS of that rate, so that any
-/// one-second window (how Kinesis measures) holds at most rate + burst = the limit.
-const UTILISATION: f64 = 0.8;
-const BURST_SECONDS: f64 = 0.2;
-/// A throttled shard's rate is multiplied by this ...
+/// one-second window (how Kinesis measures) holds at most rate + burst, under 95% of the limit. The
+/// rest absorbs the jitter of requests in flight (a request sent just before a second ends may
+/// arrive just after).
+const UTILISATION: f64 = 0.9;
+const BURST_SECONDS: f64 = 0.05;
+/// A throttled shard's rate is multiplied by the share of its entries it accepted since the last
+/// decrease (Kinesis accepts up to its limit and refuses the rest), by at most this ...
+const GENTLEST_DECREASE: f64 = 0.9;
+/// ... and at least this ...
 const DECREASE: f64 = 0.5;
 /// ... at most once per this long (the requests in flight when a shard starts throttling all come
 /// back throttled: that is one signal, not several) ...
@@ -42,6 +47,11 @@ struct Bucket {
     factor: f64,
     at: Instant,
     decreased_at: Option<Instant>,
+    /// Entries sent and refused for throughput since `window_at`: the share refused is what a
+    /// decrease takes off.
+    sent: u64,
+    refused: u64,
+    window_at: Instant,
 }
 
 impl Bucket {
@@ -52,6 +62,9 @@ impl Bucket {
             factor: 1.0,
             at: now,
             decreased_at: None,
+            sent: 0,
+            refused: 0,
+            window_at: now,
         }
     }
 
@@ -114,23 +127,42 @@ impl ShardLimiter {
         Duration::from_secs_f64(wait.max(0.0))
     }
 
-    /// The shard refused records for throughput: halve its rate (once per DECREASE_INTERVAL) and
-    /// spend what is left of its burst.
-    pub fn throttled(&self, shard: &Arc<str>, now: Instant) {
+    /// What became of the entries a call sent to `shard`: `sent` in all, `refused` of them for
+    /// throughput. When the shard refuses some, its rate is scaled by the share it accepted since
+    /// the last decrease (0.5 to 0.9), at most once per DECREASE_INTERVAL, and what is left of its
+    /// burst is spent. One call's share alone would be too noisy: a retry of three entries with
+    /// two refused is not a shard two thirds over its limit.
+    pub fn outcome(&self, shard: &Arc<str>, sent: u64, refused: u64, now: Instant) {
         let mut buckets = self.lock();
         let bucket = buckets
             .entry(Arc::clone(shard))
             .or_insert_with(|| Bucket::new(now));
         bucket.refill(now);
-        let recent = bucket
-            .decreased_at
-            .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_INTERVAL);
-        if !recent {
-            bucket.factor = (bucket.factor * DECREASE).max(MIN_FACTOR);
-            bucket.decreased_at = Some(now);
+        if bucket.refused == 0 && now.saturating_duration_since(bucket.window_at) >= DECREASE_INTERVAL
+        {
+            bucket.sent = 0;
+            bucket.window_at = now;
+        }
+        bucket.sent += sent;
+        bucket.refused += refused.min(sent);
+        if refused == 0 {
+            return;
         }
         bucket.records = bucket.records.min(0.0);
         bucket.bytes = bucket.bytes.min(0.0);
+        let recent = bucket
+            .decreased_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_INTERVAL);
+        if recent {
+            return;
+        }
+        let accepted = 1.0 - bucket.refused as f64 / bucket.sent.max(1) as f64;
+        bucket.factor =
+            (bucket.factor * accepted.clamp(DECREASE, GENTLEST_DECREASE)).max(MIN_FACTOR);
+        bucket.decreased_at = Some(now);
+        bucket.sent = 0;
+        bucket.refused = 0;
+        bucket.window_at = now;
     }
 
     pub fn factor(&self, shard: &str) -> f64 {
@@ -185,19 +217,19 @@ mod tests {
         let limiter = ShardLimiter::default();
         let start = Instant::now();
         let a = shard("a");
-        limiter.throttled(&a, start);
+        limiter.outcome(&a, 10, 10, start);
         // Requests that were in flight come back throttled too: one signal.
-        limiter.throttled(&a, start + Duration::from_millis(300));
+        limiter.outcome(&a, 10, 10, start + Duration::from_millis(300));
         assert_eq!(limiter.factor("a"), 0.5);
         // A second later it may halve again (after the 0.7 s of recovery since the last look).
-        limiter.throttled(&a, start + Duration::from_millis(1000));
+        limiter.outcome(&a, 10, 10, start + Duration::from_millis(1000));
         assert!(
             (limiter.factor("a") - (0.5 + 0.07) / 2.0).abs() < 1e-9,
             "{}",
             limiter.factor("a")
         );
         for second in 2..40 {
-            limiter.throttled(&a, start + Duration::from_secs(second));
+            limiter.outcome(&a, 10, 10, start + Duration::from_secs(second));
         }
         assert!(
             (limiter.factor("a") - MIN_FACTOR).abs() < 1e-6,
@@ -214,6 +246,33 @@ mod tests {
         );
         limiter.reserve(&[(Arc::clone(&a), 0, 0)], later + Duration::from_secs(10));
         assert_eq!(limiter.factor("a"), 1.0);
+    }
+
+    #[test]
+    fn a_partly_refused_shard_slows_by_the_share_refused_since_the_last_decrease() {
+        let limiter = ShardLimiter::default();
+        let start = Instant::now();
+        let a = shard("a");
+        // 75 entries accepted, then a call with 25 refused: a quarter refused.
+        limiter.outcome(&a, 75, 0, start);
+        limiter.outcome(&a, 25, 25, start + Duration::from_millis(10));
+        assert!((limiter.factor("a") - 0.75).abs() < 1e-3, "{}", limiter.factor("a"));
+        // Within the interval, refusals only accumulate (and the rate does not recover yet).
+        limiter.outcome(&a, 30, 3, start + Duration::from_millis(500));
+        assert!((limiter.factor("a") - 0.75).abs() < 1e-3, "{}", limiter.factor("a"));
+        // After it, one more refusal: 4 of 40 since the last decrease is the gentlest step, x0.9,
+        // taken off the rate recovered over the 0.52 s since the last look.
+        let before = (0.75 + 0.052) * GENTLEST_DECREASE;
+        limiter.outcome(&a, 10, 1, start + Duration::from_millis(1020));
+        assert!((limiter.factor("a") - before).abs() < 1e-3, "{}", limiter.factor("a"));
+        // Most refused: halved, not more.
+        let b = shard("b");
+        limiter.outcome(&b, 10, 9, start);
+        assert_eq!(limiter.factor("b"), DECREASE);
+        // Nothing refused: no change.
+        let c = shard("c");
+        limiter.outcome(&c, 500, 0, start);
+        assert_eq!(limiter.factor("c"), 1.0);
     }
 
     proptest! {

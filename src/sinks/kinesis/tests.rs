@@ -92,6 +92,7 @@ fn batch(progress: &Arc<FileProgress>, n: usize) -> Batch {
             ack: progress.token(i as u64 * 10, i as u64 * 10 + 10).into(),
             shard: None,
             user_records: 1,
+            random_key: false,
         })
         .collect();
     let bytes = records.iter().map(Record::size).sum();
@@ -221,6 +222,7 @@ async fn binary_records_are_dead_lettered_as_base64() {
         ack: f.progress.token(0, 4).into(),
         shard: None,
         user_records: 1,
+        random_key: false,
     };
     f.sink
         .send(
@@ -247,4 +249,64 @@ async fn unwritable_dead_letter_file_leaves_records_unacknowledged() {
         .await;
     assert_eq!(f.progress.committed(), 0);
     assert_eq!(Metrics::get(&f.metrics.records_dead_lettered_total), 0);
+}
+
+/// A batch of records named `{prefix}0`.., covering 10 bytes each of `progress`.
+fn named_batch(progress: &Arc<FileProgress>, prefix: &str, n: usize) -> Batch {
+    let mut batch = batch(progress, n);
+    for (i, record) in batch.records.iter_mut().enumerate() {
+        record.data = format!("{prefix}{i}").into_bytes();
+    }
+    batch
+}
+
+fn new_progress(ino: u64) -> Arc<FileProgress> {
+    FileProgress::new(
+        FileId { dev: 1, ino },
+        format!("/{ino}.log").into(),
+        Fingerprint::default(),
+        0,
+    )
+}
+
+/// Two batches through a sink of one request slot, the first starting first; returns the calls.
+async fn two_batches(first_outcome: Vec<EntryResult>) -> Vec<Vec<Vec<u8>>> {
+    let f = fixture(vec![Ok(first_outcome)]);
+    let sink = f.sink.with_concurrency(1);
+    let (a, b) = (new_progress(10), new_progress(11));
+    let stop = CancellationToken::new();
+    tokio::join!(
+        sink.send(named_batch(&a, "a", 2), &stop),
+        sink.send(named_batch(&b, "b", 1), &stop),
+    );
+    assert_eq!((a.committed(), b.committed()), (20, 10), "all delivered");
+    f.transport.calls.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partly_failed_batch_waits_without_its_slot() {
+    let calls = two_batches(vec![EntryResult::Delivered, failed("InternalFailure")]).await;
+    assert_eq!(
+        calls,
+        vec![
+            vec![b"a0".to_vec(), b"a1".to_vec()],
+            vec![b"b0".to_vec()],
+            vec![b"a1".to_vec()],
+        ],
+        "the second batch went out while the first waited to retry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_delivered_nothing_keeps_its_slot() {
+    let calls = two_batches(vec![failed("InternalFailure"), failed("InternalFailure")]).await;
+    assert_eq!(
+        calls,
+        vec![
+            vec![b"a0".to_vec(), b"a1".to_vec()],
+            vec![b"a0".to_vec(), b"a1".to_vec()],
+            vec![b"b0".to_vec()],
+        ],
+        "nothing else is sent while the stream delivers nothing"
+    );
 }
