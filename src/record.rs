@@ -16,6 +16,9 @@ pub struct Record {
     pub shard: Option<Arc<str>>,
     /// User records inside: 1, or the count packed into an aggregate.
     pub user_records: u32,
+    /// The partition key is random and nothing else: inside an aggregate, the record can share
+    /// the key of another random-keyed record of the same shard.
+    pub random_key: bool,
 }
 
 impl Record {

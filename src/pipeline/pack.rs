@@ -20,6 +20,28 @@ use crate::shard_map::{ShardMap, SharedShardMap};
 struct Open {
     aggregator: Aggregator,
     acks: Option<Acks>,
+    /// The key its random-keyed records share: the first one's (it maps to this shard).
+    random_key: Option<String>,
+}
+
+impl Open {
+    fn new(max_bytes: usize) -> Open {
+        Open {
+            aggregator: Aggregator::new(max_bytes),
+            acks: None,
+            random_key: None,
+        }
+    }
+
+    /// Random keys carry nothing but the shard they hash to: within one aggregate, one serves
+    /// every record that has one, instead of a table of incompressible keys.
+    fn push(&mut self, record: &Record) -> Result<(), PushError> {
+        let key = match (&self.random_key, record.random_key) {
+            (Some(shared), true) => shared,
+            _ => &record.partition_key,
+        };
+        self.aggregator.try_push(key, &record.data)
+    }
 }
 
 pub struct Packer {
@@ -71,6 +93,7 @@ impl Packer {
             ack,
             shard,
             user_records: u32::try_from(user_records).unwrap_or(u32::MAX),
+            random_key: false,
         });
     }
 
@@ -128,38 +151,29 @@ impl Stage for Packer {
             return;
         };
         let max_bytes = self.max_aggregate_bytes;
-        let open = self.open.entry(index).or_insert_with(|| Open {
-            aggregator: Aggregator::new(max_bytes),
-            acks: None,
-        });
-        let pushed = match open
-            .aggregator
-            .try_push(&record.partition_key, &record.data)
-        {
-            Err(PushError::Full) => {
-                let full = std::mem::replace(
-                    open,
-                    Open {
-                        aggregator: Aggregator::new(max_bytes),
-                        acks: None,
-                    },
-                );
-                let shard = record.shard.clone();
-                self.finish(full, shard, out);
-                let open = self.open.entry(index).or_insert_with(|| Open {
-                    aggregator: Aggregator::new(max_bytes),
-                    acks: None,
-                });
-                open.aggregator
-                    .try_push(&record.partition_key, &record.data)
-            }
-            other => other,
-        };
+        let open = self
+            .open
+            .entry(index)
+            .or_insert_with(|| Open::new(max_bytes));
+        let mut pushed = open.push(&record);
+        if pushed == Err(PushError::Full) {
+            let full = std::mem::replace(open, Open::new(max_bytes));
+            let shard = record.shard.clone();
+            self.finish(full, shard, out);
+            let open = self
+                .open
+                .entry(index)
+                .or_insert_with(|| Open::new(max_bytes));
+            pushed = open.push(&record);
+        }
         match pushed {
             Ok(()) => {
                 let Some(open) = self.open.get_mut(&index) else {
                     return;
                 };
+                if record.random_key && open.random_key.is_none() {
+                    open.random_key = Some(std::mem::take(&mut record.partition_key));
+                }
                 match &mut open.acks {
                     Some(acks) => acks.extend(record.ack),
                     None => open.acks = Some(record.ack),
@@ -206,6 +220,7 @@ mod tests {
                 ack: progress.token(i * 10, i * 10 + 10).into(),
                 shard: None,
                 user_records: 1,
+                random_key: false,
             })
             .collect()
     }
@@ -286,5 +301,65 @@ mod tests {
         assert_eq!(out.len(), 10);
         assert!(packer.is_empty());
         assert!(out.iter().all(|r| r.shard.is_some() && r.user_records == 1));
+    }
+
+    #[test]
+    fn random_keyed_records_share_one_key_per_aggregate() {
+        let progress = FileProgress::new(
+            FileId { dev: 1, ino: 1 },
+            "/a".into(),
+            Fingerprint::default(),
+            0,
+        );
+        let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
+        let mut rng = crate::partition_key::KeyRng::from_seed(7);
+        let mut packer = packer(true, Compression::None, 4, 1 << 20);
+        let mut out = Vec::new();
+        packer.begin(&mut out);
+        for i in 0..400u64 {
+            // Every fourth record keeps a chosen key; the others have random ones.
+            let chosen = i % 4 == 0;
+            let partition_key = if chosen {
+                format!("task-{i}")
+            } else {
+                format!("{:016x}", rng.next_u64())
+            };
+            packer.push(
+                Record {
+                    data: format!("line {i}").into_bytes(),
+                    partition_key,
+                    ack: progress.token(i * 10, i * 10 + 10).into(),
+                    shard: None,
+                    user_records: 1,
+                    random_key: !chosen,
+                },
+                &mut out,
+            );
+        }
+        packer.drain(&mut out);
+        assert_eq!(out.len(), 4, "one aggregate per shard");
+        let mut lines = 0;
+        for record in out {
+            let users =
+                crate::aggregate::deaggregate_or_single(&record.partition_key, &record.data)
+                    .unwrap();
+            let shard = record.shard.clone().unwrap();
+            let mut random_keys = std::collections::HashSet::new();
+            for (key, data) in &users {
+                assert_eq!(map.shard_for_key(key), Some(&*shard), "{key}");
+                let text = String::from_utf8(data.clone()).unwrap();
+                let i: u64 = text["line ".len()..].parse().unwrap();
+                if i % 4 == 0 {
+                    assert_eq!(key, &format!("task-{i}"), "a chosen key is kept");
+                } else {
+                    random_keys.insert(key.clone());
+                }
+            }
+            assert_eq!(random_keys.len(), 1, "random keys of {shard} not shared");
+            lines += users.len();
+            crate::ack::ack_all(record.ack);
+        }
+        assert_eq!(lines, 400);
+        assert_eq!(progress.committed(), 4000);
     }
 }

@@ -11,7 +11,7 @@ use crate::ack::{FileId, FileProgress};
 use crate::compress::Compression;
 use crate::parse::multiline::{Event, Joiner, JoinerConfig};
 use crate::parse::{FileContext, FileIdentity, Formatter, RecordFields, Stats};
-use crate::partition_key::{KeyRng, Template};
+use crate::partition_key::{Key, KeyRng, Template};
 use crate::record::Record;
 use crate::sources::file::{Closed, Line, LineKind, LineSink};
 use crate::telemetry::Metrics;
@@ -137,7 +137,7 @@ impl RecordBuilder {
                     .rules
                     .formatter
                     .key_fields(&state.context, &self.fields);
-                self.rules.template.render(&fields, &mut self.rng)
+                self.rules.template.render_key(&fields, &mut self.rng)
             };
             self.count(&stats);
             self.push(&progress, generation, formatted.payload, key, start, end)?;
@@ -159,10 +159,14 @@ impl RecordBuilder {
         file: &Arc<FileProgress>,
         generation: u64,
         data: Vec<u8>,
-        partition_key: String,
+        key: Key,
         start: u64,
         end: u64,
     ) -> Result<(), Closed> {
+        let Key {
+            text: partition_key,
+            random: random_key,
+        } = key;
         let max = match self.rules.compress {
             Compression::None => self.rules.max_data_bytes,
             _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
@@ -174,6 +178,7 @@ impl RecordBuilder {
                 ack: file.token_in(generation, start, end).into(),
                 shard: None,
                 user_records: 1,
+                random_key,
             });
         }
         // Formatting (escaping, replacement characters, enrichment) made the record outgrow the
@@ -194,6 +199,7 @@ impl RecordBuilder {
                 ack: file.token_in(generation, from, to).into(),
                 shard: None,
                 user_records: 1,
+                random_key,
             };
             self.add(record)?;
         }
