@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(config.concurrency))
         .enable_all()
         .build()
     {
@@ -120,4 +121,12 @@ async fn watch_signals(shutdown: CancellationToken) {
             }
         }
     }
+}
+
+/// Runtime workers: one per request in flight at most (the file sources have their own threads),
+/// and never more than the CPUs this process may use (cgroup quotas included), nor than 8. Tokio's
+/// default, one per CPU of the host, would start dozens of idle threads on a large node.
+fn worker_threads(concurrency: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    cpus.min(concurrency.max(2)).clamp(1, 8)
 }
