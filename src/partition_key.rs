@@ -383,7 +383,10 @@ mod tests {
         assert!(random("{task_id|random}", &no_task));
         assert!(random("{random}", &with_task));
         assert!(random("{random}{random}", &no_task));
-        assert!(random("{task_id}{field.nope}", &no_task), "empty falls back");
+        assert!(
+            random("{task_id}{field.nope}", &no_task),
+            "empty falls back"
+        );
         assert!(!random("{task_id|random}", &with_task));
         assert!(!random("x-{random}", &no_task), "a literal is a choice");
         assert!(!random("{random}-{task_id}", &with_task));

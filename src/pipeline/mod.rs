@@ -308,7 +308,8 @@ impl Dispatch for Dispatcher {
         };
         let sink = Arc::clone(sink);
         let stop = self.hard_stop.clone();
-        self.senders.spawn(async move { sink.send_in_slot(batch, slot, &stop).await });
+        self.senders
+            .spawn(async move { sink.send_in_slot(batch, slot, &stop).await });
     }
 
     async fn oversize(&mut self, record: Record) {

@@ -318,7 +318,7 @@ mod tests {
         packer.begin(&mut out);
         for i in 0..400u64 {
             // Every fourth record keeps a chosen key; the others have random ones.
-            let chosen = i % 4 == 0;
+            let chosen = i.is_multiple_of(4);
             let partition_key = if chosen {
                 format!("task-{i}")
             } else {
@@ -349,7 +349,7 @@ mod tests {
                 assert_eq!(map.shard_for_key(key), Some(&*shard), "{key}");
                 let text = String::from_utf8(data.clone()).unwrap();
                 let i: u64 = text["line ".len()..].parse().unwrap();
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     assert_eq!(key, &format!("task-{i}"), "a chosen key is kept");
                 } else {
                     random_keys.insert(key.clone());

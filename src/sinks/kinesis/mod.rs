@@ -232,7 +232,12 @@ impl<T: Transport> Sink<T> {
                 slot = None;
             }
             let delay = backoff.next_delay();
-            debug!(records = pending.len(), ?delay, parked = parking.is_some(), "retrying failed entries");
+            debug!(
+                records = pending.len(),
+                ?delay,
+                parked = parking.is_some(),
+                "retrying failed entries"
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return,

@@ -138,7 +138,8 @@ impl ShardLimiter {
             .entry(Arc::clone(shard))
             .or_insert_with(|| Bucket::new(now));
         bucket.refill(now);
-        if bucket.refused == 0 && now.saturating_duration_since(bucket.window_at) >= DECREASE_INTERVAL
+        if bucket.refused == 0
+            && now.saturating_duration_since(bucket.window_at) >= DECREASE_INTERVAL
         {
             bucket.sent = 0;
             bucket.window_at = now;
@@ -256,15 +257,27 @@ mod tests {
         // 75 entries accepted, then a call with 25 refused: a quarter refused.
         limiter.outcome(&a, 75, 0, start);
         limiter.outcome(&a, 25, 25, start + Duration::from_millis(10));
-        assert!((limiter.factor("a") - 0.75).abs() < 1e-3, "{}", limiter.factor("a"));
+        assert!(
+            (limiter.factor("a") - 0.75).abs() < 1e-3,
+            "{}",
+            limiter.factor("a")
+        );
         // Within the interval, refusals only accumulate (and the rate does not recover yet).
         limiter.outcome(&a, 30, 3, start + Duration::from_millis(500));
-        assert!((limiter.factor("a") - 0.75).abs() < 1e-3, "{}", limiter.factor("a"));
+        assert!(
+            (limiter.factor("a") - 0.75).abs() < 1e-3,
+            "{}",
+            limiter.factor("a")
+        );
         // After it, one more refusal: 4 of 40 since the last decrease is the gentlest step, x0.9,
         // taken off the rate recovered over the 0.52 s since the last look.
         let before = (0.75 + 0.052) * GENTLEST_DECREASE;
         limiter.outcome(&a, 10, 1, start + Duration::from_millis(1020));
-        assert!((limiter.factor("a") - before).abs() < 1e-3, "{}", limiter.factor("a"));
+        assert!(
+            (limiter.factor("a") - before).abs() < 1e-3,
+            "{}",
+            limiter.factor("a")
+        );
         // Most refused: halved, not more.
         let b = shard("b");
         limiter.outcome(&b, 10, 9, start);
