@@ -18,10 +18,11 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /build
 
-# Dependency layer: a stub crate with the real manifest and lock file. Rebuilt only when
-# Cargo.toml or Cargo.lock change. If the manifest ever declares explicit targets (a [[bench]]
-# with harness = false, a [[bin]] with a path), add a stub for each here.
+# Dependency layer: a stub crate with the real manifest, lock file and build flags
+# (.cargo/config.toml). Rebuilt only when those change. If the manifest ever declares explicit
+# targets (a [[bench]] with harness = false, a [[bin]] with a path), add a stub for each here.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
