@@ -159,6 +159,11 @@ pub struct Aggregator {
     key_table: Vec<u8>,
     records: Vec<u8>,
     key_indexes: HashMap<String, u64>,
+    /// Where each key's bytes sit in `key_table`, by index.
+    key_ranges: Vec<std::ops::Range<usize>>,
+    /// The last key pushed: its index, and where its bytes sit in `key_table`. Consecutive records
+    /// often share a key (a task's lines, the shared random key), found here without hashing.
+    last_key: Option<(u64, std::ops::Range<usize>)>,
     first_key: String,
     /// Where the first record's data sits in `records`, to unwrap a lone record.
     first_data: std::ops::Range<usize>,
@@ -175,6 +180,8 @@ impl Aggregator {
             key_table: Vec::new(),
             records: Vec::new(),
             key_indexes: HashMap::new(),
+            key_ranges: Vec::new(),
+            last_key: None,
             first_key: String::new(),
             first_data: 0..0,
             user_records: 0,
@@ -202,8 +209,12 @@ impl Aggregator {
 
     /// Exact encoded size after pushing a record with this key and data length.
     pub fn encoded_len_with(&self, partition_key: &str, data_len: usize) -> usize {
-        let (index, new_key_len) = match self.key_indexes.get(partition_key) {
-            Some(&index) => (index, 0),
+        self.encoded_len_for(self.key_index(partition_key), partition_key, data_len)
+    }
+
+    fn encoded_len_for(&self, index: Option<u64>, partition_key: &str, data_len: usize) -> usize {
+        let (index, new_key_len) = match index {
+            Some(index) => (index, 0),
             None => (
                 self.key_indexes.len() as u64,
                 delimited_len(partition_key.len()),
@@ -212,26 +223,49 @@ impl Aggregator {
         self.encoded_len() + new_key_len + delimited_len(record_body_len(index, data_len))
     }
 
+    /// The index of `partition_key` in the table, if it is there.
+    fn key_index(&self, partition_key: &str) -> Option<u64> {
+        if let Some((index, range)) = &self.last_key
+            && self.key_table[range.clone()] == *partition_key.as_bytes()
+        {
+            return Some(*index);
+        }
+        self.key_indexes.get(partition_key).copied()
+    }
+
     /// Appends a user record unless that would exceed the size limit.
     pub fn try_push(&mut self, partition_key: &str, data: &[u8]) -> Result<(), PushError> {
-        if self.encoded_len_with(partition_key, data.len()) > self.max_bytes {
+        let known = self.key_index(partition_key);
+        if self.encoded_len_for(known, partition_key, data.len()) > self.max_bytes {
             return Err(if self.is_empty() {
                 PushError::RecordTooLarge
             } else {
                 PushError::Full
             });
         }
-        let index = match self.key_indexes.get(partition_key) {
-            Some(&index) => index,
+        let index = match known {
+            Some(index) => index,
             None => {
                 let index = self.key_indexes.len() as u64;
                 self.key_table.push(KEY_TABLE_TAG);
                 put_varint(&mut self.key_table, partition_key.len() as u64);
+                let start = self.key_table.len();
                 self.key_table.extend_from_slice(partition_key.as_bytes());
                 self.key_indexes.insert(partition_key.to_owned(), index);
+                self.key_ranges.push(start..self.key_table.len());
                 index
             }
         };
+        if self
+            .last_key
+            .as_ref()
+            .is_none_or(|(last, _)| *last != index)
+        {
+            self.last_key = self
+                .key_ranges
+                .get(index as usize)
+                .map(|range| (index, range.clone()));
+        }
         self.records.push(RECORDS_TAG);
         put_varint(&mut self.records, record_body_len(index, data.len()) as u64);
         self.records.push(KEY_INDEX_TAG);

@@ -6,7 +6,6 @@
 //! drops user records outside the shard an aggregate arrived on. When the map changes, the open
 //! aggregates are closed and sent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ack::Acks;
@@ -52,7 +51,12 @@ pub struct Packer {
     /// The map in use and its shard ids as shared strings (one allocation per map, not per record).
     map: Option<(Arc<ShardMap>, Vec<Arc<str>>)>,
     max_aggregate_bytes: usize,
-    open: HashMap<usize, Open>,
+    /// The open aggregate of each shard, by index in the map.
+    open: Vec<Option<Open>>,
+    /// A shard whose open aggregate has a shared random key: the next random-keyed records join
+    /// it without hashing their own keys, until it is full. Random-keyed records so spread over
+    /// the shards an aggregate at a time instead of a record at a time.
+    random_shard: Option<usize>,
 }
 
 impl Packer {
@@ -68,7 +72,8 @@ impl Packer {
             shards,
             map: None,
             max_aggregate_bytes,
-            open: HashMap::new(),
+            open: Vec::new(),
+            random_shard: None,
         }
     }
 
@@ -110,11 +115,40 @@ impl Packer {
     }
 
     fn drain_into(&mut self, out: &mut Vec<Record>) {
-        let open: Vec<(usize, Open)> = self.open.drain().collect();
-        for (index, aggregate) in open {
-            let shard = self.shard_id(Some(index));
-            self.finish(aggregate, shard, out);
+        self.random_shard = None;
+        for index in 0..self.open.len() {
+            if let Some(aggregate) = self.open[index].take() {
+                let shard = self.shard_id(Some(index));
+                self.finish(aggregate, shard, out);
+            }
         }
+    }
+
+    /// Adds a random-keyed record to the open aggregate that has a shared random key, under that
+    /// key (which maps to the aggregate's shard, where the record's own key may not): no need to
+    /// hash the record's key. Gives the record back when there is none or it is full (a full one
+    /// is sent now); the record then goes by its own key.
+    fn push_random(&mut self, record: Record, out: &mut Vec<Record>) -> Option<Record> {
+        let Some(index) = self.random_shard else {
+            return Some(record);
+        };
+        let Some(open) = self.open.get_mut(index).and_then(Option::as_mut) else {
+            self.random_shard = None;
+            return Some(record);
+        };
+        if open.random_key.is_some() && open.push(&record).is_ok() {
+            match &mut open.acks {
+                Some(acks) => acks.extend(record.ack),
+                None => open.acks = Some(record.ack),
+            }
+            return None;
+        }
+        self.random_shard = None;
+        if let Some(full) = self.open[index].take() {
+            let shard = self.shard_id(Some(index));
+            self.finish(full, shard, out);
+        }
+        Some(record)
     }
 }
 
@@ -131,48 +165,54 @@ impl Stage for Packer {
         }
         // Aggregates packed for the old map go out as they are, before records of the new one.
         self.drain_into(out);
-        let ids = latest
+        let ids: Vec<Arc<str>> = latest
             .shards()
             .iter()
             .map(|s| Arc::from(s.shard_id.as_str()))
             .collect();
+        self.open = std::iter::repeat_with(|| None).take(ids.len()).collect();
         self.map = Some((latest, ids));
     }
 
-    fn push(&mut self, mut record: Record, out: &mut Vec<Record>) {
+    fn push(&mut self, record: Record, out: &mut Vec<Record>) {
+        let mut record = if self.aggregate && record.random_key {
+            match self.push_random(record, out) {
+                Some(record) => record,
+                None => return,
+            }
+        } else {
+            record
+        };
         let index = self
             .map
             .as_ref()
             .and_then(|(map, _)| map.index_for_key(&record.partition_key));
         record.shard = self.shard_id(index);
-        let Some(index) = index.filter(|_| self.aggregate) else {
+        let Some(index) = index.filter(|&i| self.aggregate && i < self.open.len()) else {
             record.data = self.compressed(std::mem::take(&mut record.data));
             out.push(record);
             return;
         };
         let max_bytes = self.max_aggregate_bytes;
-        let open = self
-            .open
-            .entry(index)
-            .or_insert_with(|| Open::new(max_bytes));
+        let open = self.open[index].get_or_insert_with(|| Open::new(max_bytes));
         let mut pushed = open.push(&record);
         if pushed == Err(PushError::Full) {
             let full = std::mem::replace(open, Open::new(max_bytes));
+            if self.random_shard == Some(index) {
+                // Its shared random key went with it.
+                self.random_shard = None;
+            }
             let shard = record.shard.clone();
             self.finish(full, shard, out);
-            let open = self
-                .open
-                .entry(index)
-                .or_insert_with(|| Open::new(max_bytes));
-            pushed = open.push(&record);
+            if let Some(open) = self.open[index].as_mut() {
+                pushed = open.push(&record);
+            }
         }
-        match pushed {
-            Ok(()) => {
-                let Some(open) = self.open.get_mut(&index) else {
-                    return;
-                };
+        match (pushed, self.open[index].as_mut()) {
+            (Ok(()), Some(open)) => {
                 if record.random_key && open.random_key.is_none() {
                     open.random_key = Some(std::mem::take(&mut record.partition_key));
+                    self.random_shard = Some(index);
                 }
                 match &mut open.acks {
                     Some(acks) => acks.extend(record.ack),
@@ -180,7 +220,7 @@ impl Stage for Packer {
                 }
             }
             // Too large for any aggregate: it goes alone, as a plain record.
-            Err(_) => {
+            _ => {
                 record.data = self.compressed(std::mem::take(&mut record.data));
                 out.push(record);
             }
@@ -192,7 +232,7 @@ impl Stage for Packer {
     }
 
     fn is_empty(&self) -> bool {
-        self.open.is_empty()
+        self.open.iter().all(Option::is_none)
     }
 }
 
@@ -201,6 +241,7 @@ mod tests {
     use super::*;
     use crate::ack::{FileId, FileProgress, Fingerprint};
     use crate::shard_map::ShardRange;
+    use std::collections::HashSet;
 
     fn packer(aggregate: bool, compress: Compression, shards: usize, max: usize) -> Packer {
         let map = ShardMap::new(ShardRange::split_evenly(shards)).unwrap();
@@ -305,61 +346,79 @@ mod tests {
 
     #[test]
     fn random_keyed_records_share_one_key_per_aggregate() {
-        let progress = FileProgress::new(
-            FileId { dev: 1, ino: 1 },
-            "/a".into(),
-            Fingerprint::default(),
-            0,
-        );
-        let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
-        let mut rng = crate::partition_key::KeyRng::from_seed(7);
-        let mut packer = packer(true, Compression::None, 4, 1 << 20);
-        let mut out = Vec::new();
-        packer.begin(&mut out);
-        for i in 0..400u64 {
-            // Every fourth record keeps a chosen key; the others have random ones.
-            let chosen = i.is_multiple_of(4);
-            let partition_key = if chosen {
-                format!("task-{i}")
-            } else {
-                format!("{:016x}", rng.next_u64())
-            };
-            packer.push(
-                Record {
-                    data: format!("line {i}").into_bytes(),
-                    partition_key,
-                    ack: progress.token(i * 10, i * 10 + 10).into(),
-                    shard: None,
-                    user_records: 1,
-                    random_key: !chosen,
-                },
-                &mut out,
+        // Large aggregates: every random-keyed record joins the first one that has a random key.
+        // Small ones: they fill one aggregate after another, each on the shard of its own key.
+        for (max, random_aggregates) in [(1 << 20, 1..=1), (2048, 10..=300)] {
+            let progress = FileProgress::new(
+                FileId { dev: 1, ino: 1 },
+                "/a".into(),
+                Fingerprint::default(),
+                0,
             );
-        }
-        packer.drain(&mut out);
-        assert_eq!(out.len(), 4, "one aggregate per shard");
-        let mut lines = 0;
-        for record in out {
-            let users =
-                crate::aggregate::deaggregate_or_single(&record.partition_key, &record.data)
-                    .unwrap();
-            let shard = record.shard.clone().unwrap();
-            let mut random_keys = std::collections::HashSet::new();
-            for (key, data) in &users {
-                assert_eq!(map.shard_for_key(key), Some(&*shard), "{key}");
-                let text = String::from_utf8(data.clone()).unwrap();
-                let i: u64 = text["line ".len()..].parse().unwrap();
-                if i.is_multiple_of(4) {
-                    assert_eq!(key, &format!("task-{i}"), "a chosen key is kept");
+            let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
+            let mut rng = crate::partition_key::KeyRng::from_seed(7);
+            let mut packer = packer(true, Compression::None, 4, max);
+            let mut out = Vec::new();
+            packer.begin(&mut out);
+            for i in 0..400u64 {
+                // Every fourth record keeps a chosen key; the others have random ones.
+                let chosen = i.is_multiple_of(4);
+                let partition_key = if chosen {
+                    format!("task-{i}")
                 } else {
-                    random_keys.insert(key.clone());
-                }
+                    format!("{:016x}", rng.next_u64())
+                };
+                packer.push(
+                    Record {
+                        data: format!("line {i:03} {}", "x".repeat(40)).into_bytes(),
+                        partition_key,
+                        ack: progress.token(i * 10, i * 10 + 10).into(),
+                        shard: None,
+                        user_records: 1,
+                        random_key: !chosen,
+                    },
+                    &mut out,
+                );
             }
-            assert_eq!(random_keys.len(), 1, "random keys of {shard} not shared");
-            lines += users.len();
-            crate::ack::ack_all(record.ack);
+            packer.drain(&mut out);
+            let (mut lines, mut with_random, mut shards_with_random) = (0, 0, HashSet::new());
+            for record in out {
+                let users =
+                    crate::aggregate::deaggregate_or_single(&record.partition_key, &record.data)
+                        .unwrap();
+                let shard = record.shard.clone().unwrap();
+                let mut random_keys = HashSet::new();
+                for (key, data) in &users {
+                    assert_eq!(map.shard_for_key(key), Some(&*shard), "{key}");
+                    let i: u64 = String::from_utf8(data.clone()).unwrap()[5..8]
+                        .parse()
+                        .unwrap();
+                    if i.is_multiple_of(4) {
+                        assert_eq!(key, &format!("task-{i}"), "a chosen key is kept");
+                    } else {
+                        random_keys.insert(key.clone());
+                    }
+                }
+                assert!(
+                    random_keys.len() <= 1,
+                    "{max}: random keys not shared: {random_keys:?}"
+                );
+                if !random_keys.is_empty() {
+                    with_random += 1;
+                    shards_with_random.insert(shard);
+                }
+                lines += users.len();
+                crate::ack::ack_all(record.ack);
+            }
+            assert_eq!(lines, 400);
+            assert!(
+                random_aggregates.contains(&with_random),
+                "{max}: {with_random}"
+            );
+            if max == 2048 {
+                assert_eq!(shards_with_random.len(), 4, "random-keyed records spread");
+            }
+            assert_eq!(progress.committed(), 4000);
         }
-        assert_eq!(lines, 400);
-        assert_eq!(progress.committed(), 4000);
     }
 }

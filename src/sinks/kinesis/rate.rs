@@ -32,11 +32,16 @@ const MIN_FACTOR: f64 = 0.1;
 /// ... and recovers by this fraction of the limit per second without throttling.
 const INCREASE_PER_SECOND: f64 = 0.1;
 
-/// What one request may carry per shard: half a second at the paced rate, so pacing stays smooth.
+/// What one request may carry per shard: a tenth of a second at the paced rate. A request is a lump
+/// of a shard's budget; a one-second window that catches one lump more than the pace allows (a
+/// request delayed in flight from one second into the next) then stays near the limit
+/// (0.9 + 0.09 + the burst), where half-second lumps could put 1.4 seconds' worth in it.
+const REQUEST_SECONDS: f64 = 0.1;
+
 pub fn batch_budget() -> crate::batch::ShardBudget {
     crate::batch::ShardBudget {
-        max_records: (SHARD_RECORDS_PER_SECOND * UTILISATION * 0.5) as usize,
-        max_bytes: (SHARD_BYTES_PER_SECOND * UTILISATION * 0.5) as usize,
+        max_records: (SHARD_RECORDS_PER_SECOND * UTILISATION * REQUEST_SECONDS) as usize,
+        max_bytes: (SHARD_BYTES_PER_SECOND * UTILISATION * REQUEST_SECONDS) as usize,
     }
 }
 
