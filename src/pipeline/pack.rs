@@ -2,9 +2,10 @@
 //! packs user records of the same shard into KPL aggregates (`--aggregate`), and compresses each
 //! Kinesis record's data (`--compress`).
 //!
-//! An aggregate only ever holds user records that hash to one shard of the current map: the KCL
-//! drops user records outside the shard an aggregate arrived on. When the map changes, the open
-//! aggregates are closed and sent.
+//! An aggregate only ever holds user records whose keys, as packed, hash to one shard of the current
+//! map: the KCL drops user records outside the shard an aggregate arrived on. Random-keyed records
+//! are packed under the aggregate's shared random key, which hashes there, whatever their own key.
+//! When the map changes, the open aggregates are closed and sent.
 
 use std::sync::Arc;
 
