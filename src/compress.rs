@@ -1,9 +1,10 @@
 //! Payload compression of Kinesis records, and bounded decompression.
 //!
 //! The shipper compresses each Kinesis record's payload (an aggregate or a lone record)
-//! when asked. Only this project's consumer decompresses: the KCL, Lambda and Firehose's
-//! native Kinesis source hand the compressed bytes to their user as is, which is why the
-//! default is [`Compression::None`].
+//! when asked. Only consumers that decompress can read it ([`decompress`] is for them, and for
+//! the tests and the benchmark endpoint): the KCL, Lambda and Firehose's native Kinesis source
+//! hand the compressed bytes to their user as is, which is why the default is
+//! [`Compression::None`].
 //!
 //! [`decompress`] recognises the format by its magic bytes and never produces more than a
 //! caller-given number of bytes: a small hostile record ("zip bomb") cannot exhaust memory.
