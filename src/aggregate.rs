@@ -161,9 +161,9 @@ pub struct Aggregator {
     key_indexes: HashMap<String, u64>,
     /// Where each key's bytes sit in `key_table`, by index.
     key_ranges: Vec<std::ops::Range<usize>>,
-    /// The last key pushed: its index, and where its bytes sit in `key_table`. Consecutive records
-    /// often share a key (a task's lines, the shared random key), found here without hashing.
-    last_key: Option<(u64, std::ops::Range<usize>)>,
+    /// The index of the last key pushed. Consecutive records often share a key (a task's lines,
+    /// the shared random key), found here without hashing.
+    last_key: Option<u64>,
     first_key: String,
     /// Where the first record's data sits in `records`, to unwrap a lone record.
     first_data: std::ops::Range<usize>,
@@ -225,10 +225,11 @@ impl Aggregator {
 
     /// The index of `partition_key` in the table, if it is there.
     fn key_index(&self, partition_key: &str) -> Option<u64> {
-        if let Some((index, range)) = &self.last_key
+        if let Some(index) = self.last_key
+            && let Some(range) = self.key_ranges.get(index as usize)
             && self.key_table[range.clone()] == *partition_key.as_bytes()
         {
-            return Some(*index);
+            return Some(index);
         }
         self.key_indexes.get(partition_key).copied()
     }
@@ -256,16 +257,7 @@ impl Aggregator {
                 index
             }
         };
-        if self
-            .last_key
-            .as_ref()
-            .is_none_or(|(last, _)| *last != index)
-        {
-            self.last_key = self
-                .key_ranges
-                .get(index as usize)
-                .map(|range| (index, range.clone()));
-        }
+        self.last_key = Some(index);
         self.records.push(RECORDS_TAG);
         put_varint(&mut self.records, record_body_len(index, data.len()) as u64);
         self.records.push(KEY_INDEX_TAG);

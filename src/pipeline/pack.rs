@@ -42,6 +42,14 @@ impl Open {
         };
         self.aggregator.try_push(key, &record.data)
     }
+
+    /// Takes on the acknowledgements of a record it now holds.
+    fn hold(&mut self, ack: Acks) {
+        match &mut self.acks {
+            Some(acks) => acks.extend(ack),
+            None => self.acks = Some(ack),
+        }
+    }
 }
 
 pub struct Packer {
@@ -138,10 +146,7 @@ impl Packer {
             return Some(record);
         };
         if open.random_key.is_some() && open.push(&record).is_ok() {
-            match &mut open.acks {
-                Some(acks) => acks.extend(record.ack),
-                None => open.acks = Some(record.ack),
-            }
+            open.hold(record.ack);
             return None;
         }
         self.random_shard = None;
@@ -215,10 +220,7 @@ impl Stage for Packer {
                     open.random_key = Some(std::mem::take(&mut record.partition_key));
                     self.random_shard = Some(index);
                 }
-                match &mut open.acks {
-                    Some(acks) => acks.extend(record.ack),
-                    None => open.acks = Some(record.ack),
-                }
+                open.hold(record.ack);
             }
             // Too large for any aggregate: it goes alone, as a plain record.
             _ => {

@@ -71,11 +71,10 @@ impl<T: Transport> Sink<T> {
             metrics,
             shards: None,
             limiter: None,
-            requests: Arc::new(Semaphore::new(crate::config::DEFAULT_CONCURRENCY)),
-            parked: Arc::new(Semaphore::new(
-                crate::config::DEFAULT_CONCURRENCY * PARKED_PER_REQUEST_SLOT,
-            )),
+            requests: Arc::new(Semaphore::new(0)),
+            parked: Arc::new(Semaphore::new(0)),
         }
+        .with_concurrency(crate::config::DEFAULT_CONCURRENCY)
     }
 
     /// At most `concurrency` PutRecords calls in flight.
@@ -114,15 +113,10 @@ impl<T: Transport> Sink<T> {
         let Some(limiter) = &self.limiter else {
             return true;
         };
-        let mut usage: Vec<(Arc<str>, u64, u64)> = Vec::new();
+        let mut usage = Vec::new();
         for record in records {
-            let Some(shard) = &record.shard else { continue };
-            match usage.iter_mut().find(|(s, _, _)| s == shard) {
-                Some(entry) => {
-                    entry.1 += 1;
-                    entry.2 += record.size() as u64;
-                }
-                None => usage.push((Arc::clone(shard), 1, record.size() as u64)),
+            if let Some(shard) = &record.shard {
+                tally(&mut usage, shard, 1, record.size() as u64);
             }
         }
         let wait = limiter.reserve(&usage, tokio::time::Instant::now());
@@ -252,17 +246,12 @@ impl<T: Transport> Sink<T> {
         let mut delivered_bytes = 0u64;
         let mut delivered_records = 0u64;
         // Per shard, with a limiter: entries sent and entries refused for throughput.
-        let mut shard_outcomes: Vec<(Arc<str>, u32, u32)> = Vec::new();
+        let mut shard_outcomes = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
-            let throttled = matches!(&result, EntryResult::Failed { code, .. } if classify_code(code) == ErrorClass::Throttled);
             if let (Some(_), Some(shard)) = (&self.limiter, &record.shard) {
-                match shard_outcomes.iter_mut().find(|(s, _, _)| s == shard) {
-                    Some(entry) => {
-                        entry.1 += 1;
-                        entry.2 += u32::from(throttled);
-                    }
-                    None => shard_outcomes.push((Arc::clone(shard), 1, u32::from(throttled))),
-                }
+                let refused = matches!(&result, EntryResult::Failed { code, .. }
+                    if classify_code(code) == ErrorClass::Throttled);
+                tally(&mut shard_outcomes, shard, 1, u64::from(refused));
             }
             match result {
                 EntryResult::Delivered | EntryResult::DeliveredElsewhere { .. } => {
@@ -300,7 +289,7 @@ impl<T: Transport> Sink<T> {
         if let Some(limiter) = &self.limiter {
             let now = tokio::time::Instant::now();
             for (shard, sent, refused) in &shard_outcomes {
-                limiter.outcome(shard, u64::from(*sent), u64::from(*refused), now);
+                limiter.outcome(shard, *sent, *refused, now);
             }
         }
         Metrics::add(&self.metrics.records_sent_total, delivered_records);
@@ -339,5 +328,17 @@ impl<T: Transport> Sink<T> {
             "record over the per-record size limit",
             vec![record],
         );
+    }
+}
+
+/// Adds `a` and `b` to `shard`'s entry of a per-shard tally (a request touches few shards: a list
+/// beats a map).
+fn tally(tally: &mut Vec<(Arc<str>, u64, u64)>, shard: &Arc<str>, a: u64, b: u64) {
+    match tally.iter_mut().find(|(s, _, _)| s == shard) {
+        Some(entry) => {
+            entry.1 += a;
+            entry.2 += b;
+        }
+        None => tally.push((Arc::clone(shard), a, b)),
     }
 }
