@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Test the Helm chart at helm/shipper offline:
-#   - helm lint --strict (with the required stream supplied, and with every test values file);
-#   - helm template with the default values and with each non-default values file in
-#     scripts/chart_tests/ (classic sidecar, IRSA, config file, endpoint, everything on); the
-#     config-file case renders the project's example config, examples/shipper.toml;
+#   - helm lint --strict with the chart's default values (they must lint clean: the one required
+#     value, shipper.stream, is enforced with `required` at install and template time, not by the
+#     schema), and with every helm/shipper/ci/*-values.yaml (the value sets chart-testing's
+#     `ct lint` and `ct install` use: stream set, classic sidecar, IRSA, config file inline,
+#     endpoint, everything on), plus the project's example config, examples/shipper.toml, through
+#     scripts/chart_tests/values-config.yaml (--set-file, which a ci values file cannot do);
+#   - helm template with each of those value sets;
 #   - every rendered manifest validated with kubernetes-validate in strict mode against
 #     Kubernetes 1.30 (knows native sidecars), and the classic sidecar also against 1.25, the
 #     oldest version the chart supports;
-#   - the sidecar wiring asserted by scripts/chart_tests/check_rendered.py;
-#   - bad values rejected: by the schema (format: xml, compress, missing stream, a typo'd key) and
+#   - the sidecar wiring asserted by scripts/chart_tests/check_rendered.py, with the expectations
+#     of each ci values file listed below (a ci file without them fails the run);
+#   - bad values rejected: by `required` (helm template with the defaults, no stream), by the
+#     schema (format: xml, compress, a malformed stream name, a typo'd key; also under lint) and
 #     by the templates (grace period relation, native sidecar on Kubernetes 1.28, the socket input
 #     the shipper does not have yet).
 # Ends with a summary line "chart: N passed, M failed"; exits 1 if anything failed.
@@ -22,6 +27,7 @@ helm="${repo_root}/.tools/bin/helm"
 python="${repo_root}/.tools/venv/bin/python"
 kubernetes_validate="${repo_root}/.tools/venv/bin/kubernetes-validate"
 chart="${repo_root}/helm/shipper"
+ci_dir="${chart}/ci"
 cases="${script_dir}/chart_tests"
 checker="${cases}/check_rendered.py"
 example_config="${repo_root}/examples/shipper.toml"
@@ -83,10 +89,11 @@ validate() {
     fi
 }
 
-# scenario NAME "HELM ARGS" "CHECKER ARGS" [EXTRA VERSION]: render, validate, assert.
+# scenario NAME "HELM ARGS" "CHECKER ARGS" [EXTRA VERSION]: render, validate, assert. CHECKER
+# ARGS "-" means no wiring expectations are known, which is a failure of its own.
 scenario() {
     local name="$1" helm_args="$2" checker_args="$3" extra_version="${4:-}"
-    local rendered="${work_dir}/${name}.yaml"
+    local rendered="${work_dir}/${name//\//_}.yaml"
     # shellcheck disable=SC2086 # the argument strings are word lists on purpose
     if ! "${helm}" template shipper-test "${chart}" --namespace workers ${helm_args} \
         >"${rendered}" 2>"${work_dir}/render.err"; then
@@ -100,32 +107,72 @@ scenario() {
     if [[ -n "${extra_version}" ]]; then
         run_case "${name}: kubernetes-validate --strict ${extra_version}" validate "${rendered}" "${extra_version}"
     fi
+    if [[ "${checker_args}" == "-" ]]; then
+        fail "${name}: wiring (no expectations for it in scripts/test-chart.sh)"
+        return
+    fi
     # shellcheck disable=SC2086
     run_case "${name}: wiring" "${python}" "${checker}" "${rendered}" ${checker_args}
 }
 
+# config_of VALUES FILE: write the config.toml that VALUES sets to FILE (for --config-file).
+config_of() {
+    "${python}" -c '
+import sys
+
+import yaml
+
+with open(sys.argv[1], encoding="utf-8") as handle:
+    values = yaml.safe_load(handle) or {}
+toml = (values.get("config") or {}).get("toml") or ""
+if not toml:
+    sys.exit(sys.argv[1] + " sets no config.toml")
+with open(sys.argv[2], "w", encoding="utf-8") as handle:
+    handle.write(toml)
+' "$1" "$2"
+}
+
+# What each helm/shipper/ci/NAME-values.yaml must render to, as "HELM ARGS|CHECKER ARGS|EXTRA
+# VERSION": helm arguments besides -f, check_rendered.py arguments (@CONFIG@ stands for the
+# values file's config.toml, extracted), and a second Kubernetes version to validate against.
+declare -A ci_expect=(
+    [default]="|--native --stream worker-logs|"
+    [classic]="--kube-version ${oldest_version}|--classic --stream worker-logs|${oldest_version}"
+    [irsa]="|--native --stream worker-logs --role-arn arn:aws:iam::123456789012:role/worker-log-shipper|"
+    [config]="|--native --config --config-file @CONFIG@|"
+    [endpoint]="|--native --stream worker-logs --endpoint http://localstack.localstack.svc.cluster.local:4566 --aggregate --compress zstd|"
+    [full]="|--native --stream worker-logs --service-monitor --scrape-annotations --metrics-port 9102|"
+)
+
 cd "${repo_root}"
 
-# Lint.
-run_case "lint --strict (stream set)" "${helm}" lint --strict "${chart}" --set shipper.stream=worker-logs
-for values in "${cases}"/values-*.yaml; do
-    extra=()
-    [[ "${values}" == */values-config.yaml ]] && extra=(--set-file "config.toml=${example_config}")
-    run_case "lint --strict ($(basename "${values}"))" "${helm}" lint --strict "${chart}" -f "${values}" "${extra[@]}"
-done
+ci_files=("${ci_dir}"/*-values.yaml)
+[[ -e "${ci_files[0]}" ]] || { echo "chart: no ${ci_dir}/*-values.yaml" >&2; exit 1; }
 
-# Render, validate, assert.
-scenario default "--set shipper.stream=worker-logs" "--native --stream worker-logs"
-scenario classic "-f ${cases}/values-classic.yaml --kube-version ${oldest_version}" \
-    "--classic --stream worker-logs" "${oldest_version}"
-scenario irsa "-f ${cases}/values-irsa.yaml" \
-    "--native --stream worker-logs --role-arn arn:aws:iam::123456789012:role/worker-log-shipper"
-scenario config "-f ${cases}/values-config.yaml --set-file config.toml=${example_config}" \
+# Lint: the defaults alone must lint clean, and so must every ci values file.
+run_case "lint --strict (defaults)" "${helm}" lint --strict "${chart}"
+for values in "${ci_files[@]}"; do
+    run_case "lint --strict (ci/$(basename "${values}"))" "${helm}" lint --strict "${chart}" -f "${values}"
+done
+run_case "lint --strict (values-config.yaml + examples/shipper.toml)" "${helm}" lint --strict "${chart}" \
+    -f "${cases}/values-config.yaml" --set-file "config.toml=${example_config}"
+
+# Render, validate, assert: every ci values file, then the example config file.
+for values in "${ci_files[@]}"; do
+    case_name="$(basename "${values}" -values.yaml)"
+    IFS="|" read -r helm_extra checker_args extra_version <<<"${ci_expect[${case_name}]:-|-|}"
+    if [[ "${checker_args}" == *@CONFIG@* ]]; then
+        config_file="${work_dir}/${case_name}-config.toml"
+        if ! config_of "${values}" "${config_file}" >"${work_dir}/config.err" 2>&1; then
+            fail "ci/${case_name}: config.toml" "${work_dir}/config.err"
+            continue
+        fi
+        checker_args="${checker_args//@CONFIG@/${config_file}}"
+    fi
+    scenario "ci/${case_name}" "-f ${values} ${helm_extra}" "${checker_args}" "${extra_version}"
+done
+scenario example-config "-f ${cases}/values-config.yaml --set-file config.toml=${example_config}" \
     "--native --config --config-file ${example_config}"
-scenario endpoint "-f ${cases}/values-endpoint.yaml" \
-    "--native --stream worker-logs --endpoint http://localstack.localstack.svc.cluster.local:4566 --aggregate --compress zstd"
-scenario full "-f ${cases}/values-full.yaml" \
-    "--native --stream worker-logs --service-monitor --scrape-annotations --metrics-port 9102"
 
 # Bad values are rejected.
 reject_case "schema rejects format: xml" "format.*(must be one of|enum)" \
@@ -134,10 +181,14 @@ reject_case "schema rejects compress: brotli" "compress" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.compress=brotli
 reject_case "schema rejects readFrom: middle" "readFrom" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.readFrom=middle
-reject_case "schema requires the stream" "stream" "${helm}" template t "${chart}"
+reject_case "template with the defaults requires the stream" \
+    "shipper\.stream is required: the Kinesis stream to ship to" "${helm}" template t "${chart}"
+reject_case "schema rejects a malformed stream name" "stream.*(pattern|match)" \
+    "${helm}" template t "${chart}" --set "shipper.stream=worker logs"
 reject_case "schema rejects an unknown key" "additional propert" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.strem=x
-reject_case "lint --strict fails without the stream" "stream" "${helm}" lint --strict "${chart}"
+reject_case "lint --strict still applies the schema" "format.*(must be one of|enum)" \
+    "${helm}" lint --strict "${chart}" --set shipper.format=xml
 reject_case "grace period must stay below terminationGracePeriodSeconds" "terminationGracePeriodSeconds" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set terminationGracePeriodSeconds=25
 reject_case "native sidecar refused on Kubernetes 1.28" "sidecar.native" \

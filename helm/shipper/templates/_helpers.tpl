@@ -71,7 +71,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-Render-time checks that a schema cannot express: the stream (unless a config file is used), the
+Render-time checks that a schema cannot express: the stream (unless a config file is used; a
+`required` value, so `helm lint` passes with the defaults while install and template fail), the
 grace-period relation, the Kubernetes version native sidecars need, and settings the shipper
 binary does not have yet (a clear message here beats a pod that crash-loops on an unknown flag).
 */}}
@@ -80,9 +81,7 @@ binary does not have yet (a clear message here beats a pod that crash-loops on a
 {{- fail "shipper.socket.enabled: the socket input is not available in this version of the shipper; ship log files (shipper.paths or config.toml) and leave shipper.socket.enabled false" }}
 {{- end }}
 {{- if not (include "shipper.configEnabled" .) }}
-{{- if not (trim (toString .Values.shipper.stream)) }}
-{{- fail "shipper.stream is required: the Kinesis stream to write to (or set config.toml to a config file that names it)" }}
-{{- end }}
+{{- $_ := required "shipper.stream is required: the Kinesis stream to ship to (or set config.toml to a config file that names it)" .Values.shipper.stream }}
 {{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.shipper.gracePeriodSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than shipper.gracePeriodSeconds (%d): the pod's grace period covers the worker's shutdown and then the shipper's drain" (int .Values.terminationGracePeriodSeconds) (int .Values.shipper.gracePeriodSeconds)) }}
