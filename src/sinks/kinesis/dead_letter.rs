@@ -1,16 +1,15 @@
-//! The dead-letter file: records Kinesis refused permanently, one JSON object per line, so nothing
-//! is dropped silently and an operator can replay them.
+//! The Kinesis sink's dead-letter file: records Kinesis refused permanently, one JSON object per
+//! line (`sinks::dead_letter`), so nothing is dropped silently and an operator can replay them.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::io;
+use std::path::Path;
 
 use base64::Engine;
 use serde::Serialize;
 
 use crate::ack::AckToken;
 use crate::record::Record;
+use crate::sinks::dead_letter::DeadLetterFile;
 
 pub const FILE_NAME: &str = "dead-letter.jsonl";
 
@@ -32,20 +31,18 @@ struct Entry<'a> {
 
 #[derive(Debug)]
 pub struct DeadLetter {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
+    file: DeadLetterFile,
 }
 
 impl DeadLetter {
     pub fn new(data_dir: &Path) -> DeadLetter {
         DeadLetter {
-            path: data_dir.join(FILE_NAME),
-            file: Mutex::new(None),
+            file: DeadLetterFile::new(data_dir, FILE_NAME),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Append `records` with the reason they were refused, and fsync. Only once this returns Ok may
@@ -57,12 +54,11 @@ impl DeadLetter {
         message: &str,
         records: &[Record],
     ) -> io::Result<()> {
-        let mut buffer = Vec::new();
-        for record in records {
+        let entries = records.iter().map(|record| {
             let text = std::str::from_utf8(&record.data).ok();
             let first = record.ack.first();
             let (start, end) = first.map(AckToken::range).unwrap_or_default();
-            let entry = Entry {
+            Entry {
                 time: chrono::Utc::now().to_rfc3339(),
                 stream,
                 error_code: code,
@@ -77,27 +73,8 @@ impl DeadLetter {
                     .unwrap_or_default(),
                 start,
                 end,
-            };
-            serde_json::to_writer(&mut buffer, &entry)?;
-            buffer.push(b'\n');
-        }
-        let mut guard = self
-            .file
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if guard.is_none() {
-            *guard = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
-        }
-        // Just filled above when it was empty.
-        let file = guard
-            .as_mut()
-            .ok_or_else(|| io::Error::other("dead-letter file not open"))?;
-        file.write_all(&buffer)?;
-        file.sync_data()
+            }
+        });
+        self.file.append(entries)
     }
 }

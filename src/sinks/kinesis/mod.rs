@@ -8,10 +8,11 @@
 
 pub mod client;
 pub mod dead_letter;
-pub mod error;
 pub mod rate;
-pub mod retry;
 mod transport;
+
+// Shared with the Firehose sink; re-exported so `sinks::kinesis::{error, retry}` keep working.
+pub use super::{error, retry};
 
 #[cfg(test)]
 mod tests;

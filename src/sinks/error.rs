@@ -1,4 +1,5 @@
-//! Classifying Kinesis errors, for whole calls and for single entries of a PutRecords result.
+//! Classifying AWS errors (Kinesis and Firehose), for whole calls and for single entries of a
+//! PutRecords or PutRecordBatch result.
 //!
 //! Only codes known to be permanent are treated as permanent: anything else is retried, because a
 //! retry costs time while a wrong "permanent" loses the record to the dead-letter file.
@@ -10,7 +11,7 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The stream or KMS refused for throughput: retry after a backoff.
+    /// The stream, delivery stream or KMS refused for throughput: retry after a backoff.
     Throttled,
     /// 5xx, timeouts, connection failures, internal failures, unknown codes: retry after a backoff.
     Transient,
