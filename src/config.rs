@@ -254,7 +254,10 @@ impl Config {
             .stream
             .clone()
             .or(file.stream)
-            .ok_or(Error::Missing("stream"))?;
+            .ok_or(Error::Missing(
+                "stream: name it with --stream NAME, the SHIPPER_STREAM environment variable, \
+                 or stream = \"NAME\" in the config file",
+            ))?;
         if stream.is_empty() || stream.len() > 128 {
             return Err(invalid("stream", "a stream name has 1 to 128 characters"));
         }

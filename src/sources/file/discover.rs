@@ -3,7 +3,8 @@
 //!
 //! A path's problem (permission denied, a directory, a FIFO, a dangling symlink...) is logged and
 //! counted once, when it first appears or changes, not at every rescan; it is forgotten when the
-//! path opens or stops matching.
+//! path opens or stops matching. A pattern that matches no file yet is logged once at WARN (a new
+//! user's typo would otherwise be silent), and its first file once at INFO.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -11,7 +12,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::FileSourceStats;
 use crate::ack::{FileCheckpoint, FileId};
@@ -41,6 +42,17 @@ impl Problem {
 #[derive(Debug, Default)]
 pub(super) struct Problems {
     by_path: HashMap<PathBuf, Problem>,
+    /// Per include pattern: whether a file has matched it yet.
+    patterns: HashMap<String, PatternState>,
+}
+
+/// What has been said about one include pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PatternState {
+    /// Nothing matched it yet; the WARN was logged.
+    Waiting,
+    /// A file matched it; the INFO was logged. Said once: files come and go under a glob.
+    Matched,
 }
 
 impl Problems {
@@ -90,6 +102,32 @@ impl Problems {
     pub(super) fn retain_matched(&mut self, matched: &HashSet<PathBuf>) {
         self.by_path.retain(|path, _| matched.contains(path));
     }
+
+    /// Note what `pattern` matched at this scan: the first time, a WARN when no file matches it
+    /// (the shipper keeps looking at every rescan); later, an INFO when a file first does.
+    fn note_matches(&mut self, pattern: &str, matched: &[PathBuf]) {
+        let state = self.patterns.get(pattern).copied();
+        if state == Some(PatternState::Matched) {
+            return;
+        }
+        // A directory or a dangling link matched by the glob is not a file to read.
+        match matched.iter().find(|path| stat(path).is_ok()) {
+            Some(path) => {
+                info!(pattern, path = %path.display(), "a file matches the pattern");
+                self.patterns
+                    .insert(pattern.to_string(), PatternState::Matched);
+            }
+            None if state.is_none() => {
+                warn!(
+                    pattern,
+                    "nothing matches the pattern yet; the shipper keeps looking for it"
+                );
+                self.patterns
+                    .insert(pattern.to_string(), PatternState::Waiting);
+            }
+            None => {}
+        }
+    }
 }
 
 /// True when `pattern` holds glob syntax.
@@ -106,11 +144,13 @@ pub(super) fn expand(
 ) -> Vec<PathBuf> {
     let mut paths = Vec::new();
     for pattern in include {
+        let first = paths.len();
         if !is_glob(pattern) {
             let path = PathBuf::from(pattern);
             if fs::symlink_metadata(&path).is_ok() {
                 paths.push(path);
             }
+            problems.note_matches(pattern, &paths[first..]);
             continue;
         }
         let entries = match glob::glob(pattern) {
@@ -142,6 +182,7 @@ pub(super) fn expand(
                 }
             }
         }
+        problems.note_matches(pattern, &paths[first..]);
     }
     paths.sort();
     paths.dedup();
@@ -257,6 +298,36 @@ mod tests {
             Some(PathBuf::from("/var/log/worker"))
         );
         assert_eq!(literal_dir("/a/b.log"), Some(PathBuf::from("/a")));
+    }
+
+    #[test]
+    fn a_pattern_is_waiting_until_a_file_matches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let glob = format!("{}/*.log", dir.path().display());
+        let literal = format!("{}/app.txt", dir.path().display());
+        let include = [glob.clone(), literal.clone()];
+        let mut problems = Problems::default();
+        let mut stats = FileSourceStats::default();
+        let state = |problems: &Problems, pattern: &str| problems.patterns.get(pattern).copied();
+
+        expand(&include, &mut problems, &mut stats);
+        assert_eq!(state(&problems, &glob), Some(PatternState::Waiting));
+        assert_eq!(state(&problems, &literal), Some(PatternState::Waiting));
+        // A directory matched by the glob is not a file.
+        fs::create_dir(dir.path().join("old.log")).unwrap();
+        expand(&include, &mut problems, &mut stats);
+        assert_eq!(state(&problems, &glob), Some(PatternState::Waiting));
+
+        fs::write(dir.path().join("worker.log"), b"x\n").unwrap();
+        expand(&include, &mut problems, &mut stats);
+        assert_eq!(state(&problems, &glob), Some(PatternState::Matched));
+        assert_eq!(state(&problems, &literal), Some(PatternState::Waiting));
+        // Matched stays matched when the file goes away: files come and go under a glob.
+        fs::remove_file(dir.path().join("worker.log")).unwrap();
+        fs::write(&literal, b"y\n").unwrap();
+        expand(&include, &mut problems, &mut stats);
+        assert_eq!(state(&problems, &glob), Some(PatternState::Matched));
+        assert_eq!(state(&problems, &literal), Some(PatternState::Matched));
     }
 
     #[test]
