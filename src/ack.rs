@@ -11,9 +11,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 /// A file's identity on its file system: device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,6 +48,8 @@ pub struct FileCheckpoint {
 pub struct FileProgress {
     id: FileId,
     state: Mutex<ProgressState>,
+    /// The registry's change signal, once the file is registered: the checkpointer wakes on it.
+    changed: OnceLock<Arc<Notify>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,7 @@ impl FileProgress {
     pub fn new(id: FileId, path: PathBuf, fingerprint: Fingerprint, offset: u64) -> Arc<Self> {
         Arc::new(FileProgress {
             id,
+            changed: OnceLock::new(),
             state: Mutex::new(ProgressState {
                 path,
                 fingerprint,
@@ -125,22 +129,36 @@ impl FileProgress {
         state.acked.clear();
         state.fingerprint = fingerprint;
         state.retired_at = None;
+        drop(state);
+        self.signal();
     }
 
     pub fn set_path(&self, path: &Path) {
         let mut state = self.lock();
         if state.path != path {
             state.path = path.to_path_buf();
+            drop(state);
+            self.signal();
         }
     }
 
     pub fn set_fingerprint(&self, fingerprint: Fingerprint) {
         self.lock().fingerprint = fingerprint;
+        self.signal();
     }
 
     /// The reader has read this file up to `end` and will read no more of it.
     pub fn retire(&self, end: u64) {
         self.lock().retired_at = Some(end);
+        self.signal();
+    }
+
+    /// Tell the checkpointer that this file's checkpoint changed. A permit is stored when it is
+    /// not waiting, so a burst of changes wakes it once.
+    fn signal(&self) {
+        if let Some(changed) = self.changed.get() {
+            changed.notify_one();
+        }
     }
 
     /// True once a retired file has every byte it was read up to acknowledged.
@@ -182,6 +200,8 @@ impl FileProgress {
             state.acked.pop_first();
             state.committed = state.committed.max(next_end);
         }
+        drop(state);
+        self.signal();
     }
 }
 
@@ -315,6 +335,8 @@ pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
 #[derive(Debug, Default)]
 pub struct Registry {
     files: Mutex<HashMap<FileId, Arc<FileProgress>>>,
+    /// Signalled whenever a registered file's checkpoint may have changed.
+    changed: Arc<Notify>,
 }
 
 impl Registry {
@@ -327,7 +349,15 @@ impl Registry {
 
     /// Track `progress`, replacing a file of the same identity (a reused inode).
     pub fn insert(&self, progress: Arc<FileProgress>) {
+        // A progress belongs to one registry; set once, so a second insert keeps the first.
+        let _ = progress.changed.set(Arc::clone(&self.changed));
         self.lock().insert(progress.id(), progress);
+        self.changed.notify_one();
+    }
+
+    /// Completes once some checkpoint changed since the last time it completed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn get(&self, id: FileId) -> Option<Arc<FileProgress>> {

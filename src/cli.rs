@@ -136,6 +136,23 @@ pub struct Options {
     /// How long a stop (SIGTERM, SIGINT) may take to deliver what was read (default 25s).
     #[arg(long, env = "SHIPPER_GRACE_PERIOD", value_name = "DURATION")]
     pub grace_period: Option<String>,
+    /// Most files held open at once (default 256). Rotated-away files are read through their open
+    /// descriptor; when a new file needs one and all are taken, the oldest rotated-away file is
+    /// closed and its unread bytes are counted as lost.
+    #[arg(long, env = "SHIPPER_MAX_OPEN_FILES", value_name = "N")]
+    pub max_open_files: Option<usize>,
+    /// Longest a deleted file is held open to finish reading it (default 1h); its disk space is
+    /// freed only when it is closed.
+    #[arg(long, env = "SHIPPER_MAX_HELD_DELETED_FOR", value_name = "DURATION")]
+    pub max_held_deleted_for: Option<String>,
+    /// Most bytes of deleted files held open in all (default 1 GiB); past it the oldest is closed
+    /// and its unread bytes are counted as lost.
+    #[arg(long, env = "SHIPPER_MAX_HELD_DELETED_BYTES", value_name = "BYTES")]
+    pub max_held_deleted_bytes: Option<u64>,
+    /// How soon acknowledged progress is written to the checkpoint file (default 100ms). Written
+    /// only when it moved; a crash resends what was acknowledged since the last write.
+    #[arg(long, env = "SHIPPER_CHECKPOINT_INTERVAL", value_name = "DURATION")]
+    pub checkpoint_interval: Option<String>,
     /// Print records to standard output instead of sending them (a dry run: no AWS calls, no
     /// checkpoints).
     #[arg(long, env = "SHIPPER_STDOUT")]

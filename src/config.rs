@@ -35,6 +35,15 @@ pub const DEFAULT_AGGREGATE_MAX_BYTES: usize = 64 * 1024;
 /// still a fraction of the 1 MiB record limit and of a shard's second; a consumer holds 512 KiB per
 /// record while it de-aggregates; `--linger` still bounds how long a line waits.
 pub const DEFAULT_COMPRESSED_AGGREGATE_MAX_BYTES: usize = 512 * 1024;
+pub use crate::sources::file::{
+    DEFAULT_MAX_HELD_DELETED_BYTES, DEFAULT_MAX_HELD_DELETED_FOR, DEFAULT_MAX_OPEN_FILES,
+};
+/// Acknowledged progress reaches the checkpoint file this soon: a `kill -9` resends at most about
+/// this much of full-speed sending. A write (temp file, fsync, rename) costs about a millisecond,
+/// so ten a second is a small share even on slow disks; an idle shipper writes nothing.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// Below this, fsyncs would cost more than the duplicates they save.
+pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 /// Room kept below the record limit for compression framing around an aggregate.
 pub const AGGREGATE_COMPRESSION_SLACK: usize = 1024;
 
@@ -123,6 +132,10 @@ pub struct FileConfig {
     pub aggregate: bool,
     pub aggregate_max_bytes: Option<usize>,
     pub rate_limit: Option<bool>,
+    pub max_open_files: Option<usize>,
+    pub max_held_deleted_for_ms: Option<u64>,
+    pub max_held_deleted_bytes: Option<u64>,
+    pub checkpoint_interval_ms: Option<u64>,
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
@@ -210,6 +223,12 @@ pub struct Config {
     pub aggregate: bool,
     pub aggregate_max_bytes: usize,
     pub rate_limit: bool,
+    pub max_open_files: usize,
+    #[serde(serialize_with = "humantime_ser")]
+    pub max_held_deleted_for: Duration,
+    pub max_held_deleted_bytes: u64,
+    #[serde(serialize_with = "humantime_ser")]
+    pub checkpoint_interval: Duration,
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -421,7 +440,40 @@ impl Config {
             ));
         }
         let rate_limit = !options.no_rate_limit && file.rate_limit.unwrap_or(true);
+        let max_open_files = options
+            .max_open_files
+            .or(file.max_open_files)
+            .unwrap_or(DEFAULT_MAX_OPEN_FILES);
+        if max_open_files == 0 {
+            return Err(invalid("max_open_files", "0: expected at least 1"));
+        }
+        let max_held_deleted_for =
+            match (&options.max_held_deleted_for, file.max_held_deleted_for_ms) {
+                (Some(text), _) => parse_duration("max_held_deleted_for", text)?,
+                (None, Some(ms)) => Duration::from_millis(ms),
+                (None, None) => DEFAULT_MAX_HELD_DELETED_FOR,
+            };
+        let max_held_deleted_bytes = options
+            .max_held_deleted_bytes
+            .or(file.max_held_deleted_bytes)
+            .unwrap_or(DEFAULT_MAX_HELD_DELETED_BYTES);
+        let checkpoint_interval = match (&options.checkpoint_interval, file.checkpoint_interval_ms)
+        {
+            (Some(text), _) => parse_duration("checkpoint_interval", text)?,
+            (None, Some(ms)) => Duration::from_millis(ms),
+            (None, None) => DEFAULT_CHECKPOINT_INTERVAL,
+        };
+        if checkpoint_interval < MIN_CHECKPOINT_INTERVAL {
+            return Err(invalid(
+                "checkpoint_interval",
+                format!("{checkpoint_interval:?}: expected at least {MIN_CHECKPOINT_INTERVAL:?}"),
+            ));
+        }
         Ok(Config {
+            max_open_files,
+            max_held_deleted_for,
+            max_held_deleted_bytes,
+            checkpoint_interval,
             aggregate,
             aggregate_max_bytes,
             rate_limit,

@@ -6,8 +6,11 @@
 //!        └──────────── checkpointer task ◀── ack registry ◀─────────────────┘
 //! ```
 //! All channels are bounded: when Kinesis is slow, request slots run out, the batcher stops reading,
-//! the chunk channel fills, and the file source blocks. The file is the buffer.
+//! the chunk channel fills, and the file source stops reading (it never blocks: it goes on finding
+//! and opening files, so rotated files stay reachable through their descriptors). The files are
+//! the buffer.
 
+mod checkpointer;
 pub mod pack;
 pub mod records;
 mod shards;
@@ -15,7 +18,6 @@ mod shards;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -43,8 +45,6 @@ use records::{RecordBuilder, RecordRules};
 
 /// Chunks of records between the file sources and the batcher.
 const CHUNK_CHANNEL_CAPACITY: usize = 8;
-/// How often changed checkpoints are written while running.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -168,6 +168,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
                     config::ReadFrom::End => ReadFrom::End,
                 },
                 max_line_bytes: config.limits.max_data_bytes(),
+                max_open_files: config.max_open_files,
+                max_held_deleted_for: config.max_held_deleted_for,
+                max_held_deleted_bytes: config.max_held_deleted_bytes,
                 long_lines: match config.long_lines {
                     config::LongLinePolicy::Split => LongLinePolicy::Split,
                     config::LongLinePolicy::Truncate => LongLinePolicy::Truncate,
@@ -224,7 +227,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
         let dir = config.data_dir.clone();
         let stop = hard_stop.clone();
         let health = Arc::clone(&health);
-        tokio::spawn(async move { checkpoint_loop(registry, dir, health, stop).await })
+        let interval = config.checkpoint_interval;
+        let store = move |files| {
+            let dir = dir.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || checkpoint::store(&dir, files)).await {
+                    Ok(result) => result.map_err(|error| error.to_string()),
+                    Err(join_error) => Err(join_error.to_string()),
+                }
+            }
+        };
+        tokio::spawn(checkpointer::run(registry, interval, health, stop, store))
     });
 
     shutdown.cancelled().await;
@@ -314,37 +327,6 @@ impl Dispatch for Dispatcher {
 
     async fn oversize(&mut self, record: Record) {
         self.sink.oversize(record);
-    }
-}
-
-/// Write the checkpoints whenever they changed, until `stop`.
-async fn checkpoint_loop(
-    registry: Arc<Registry>,
-    dir: PathBuf,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
-    let mut last = None;
-    let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        health.beat();
-        let files = registry.snapshot();
-        if last.as_ref() == Some(&files) {
-            continue;
-        }
-        let (dir, to_store) = (dir.clone(), files.clone());
-        match tokio::task::spawn_blocking(move || checkpoint::store(&dir, to_store)).await {
-            Ok(Ok(())) => last = Some(files),
-            Ok(Err(store_error)) => {
-                warn!(error = %store_error, "cannot write checkpoints; retrying")
-            }
-            Err(join_error) => warn!(error = %join_error, "checkpoint writer failed; retrying"),
-        }
     }
 }
 

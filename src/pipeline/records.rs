@@ -1,11 +1,12 @@
 //! From lines to records: multiline joining, formatting and partition keys, on the file source's
 //! thread. It does no I/O of its own besides handing full chunks to the batcher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::ack::{FileId, FileProgress};
 use crate::compress::Compression;
@@ -13,7 +14,7 @@ use crate::parse::multiline::{Event, Joiner, JoinerConfig};
 use crate::parse::{FileContext, FileIdentity, Formatter, RecordFields, Stats};
 use crate::partition_key::{Key, KeyRng, Template};
 use crate::record::Record;
-use crate::sources::file::{Closed, Line, LineKind, LineSink};
+use crate::sources::file::{Closed, Line, LineKind, LineSink, Loss};
 use crate::telemetry::Metrics;
 
 /// A chunk is handed to the batcher when it holds this many records ...
@@ -79,6 +80,9 @@ pub struct RecordBuilder {
     events: Vec<Event>,
     chunk: Vec<Record>,
     chunk_bytes: usize,
+    /// Full chunks the batcher had no room for yet. The source reads nothing while any wait, so
+    /// this holds at most about one read's worth beyond a chunk.
+    held: VecDeque<Vec<Record>>,
     /// Parse counters already added to `metrics`.
     reported: Stats,
 }
@@ -95,6 +99,7 @@ impl RecordBuilder {
             events: Vec::new(),
             chunk: Vec::with_capacity(CHUNK_RECORDS),
             chunk_bytes: 0,
+            held: VecDeque::new(),
             reported: Stats::default(),
         }
     }
@@ -215,18 +220,35 @@ impl RecordBuilder {
         Ok(())
     }
 
-    /// Hand the chunk to the batcher, waiting while it is full (this is what pauses reading).
+    /// Hand the open chunk to the batcher, or hold it while the batcher is full. Never waits: a
+    /// full batcher makes [`LineSink::ready`] false, which pauses reading, not discovery.
     pub fn flush(&mut self) -> Result<(), Closed> {
-        if self.chunk.is_empty() {
-            return Ok(());
+        if !self.chunk.is_empty() {
+            Metrics::add(&self.metrics.records_total, self.chunk.len() as u64);
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_RECORDS));
+            self.chunk_bytes = 0;
+            self.held.push_back(chunk);
         }
-        Metrics::add(&self.metrics.records_total, self.chunk.len() as u64);
-        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_RECORDS));
-        self.chunk_bytes = 0;
-        self.tx.blocking_send(chunk).map_err(|_| Closed)
+        self.send_held()
     }
 
-    /// Ship every pending multiline record and the open chunk (at stop).
+    /// Pass held chunks on while the batcher has room.
+    fn send_held(&mut self) -> Result<(), Closed> {
+        while let Some(chunk) = self.held.pop_front() {
+            match self.tx.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(chunk)) => {
+                    self.held.push_front(chunk);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return Err(Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ship every pending multiline record, the open chunk and the held ones, waiting for room
+    /// (at stop).
     pub fn finish(&mut self) -> Result<(), Closed> {
         let ids: Vec<FileId> = self.files.keys().copied().collect();
         for id in ids {
@@ -236,7 +258,11 @@ impl RecordBuilder {
                 self.emit_events(id, generation)?;
             }
         }
-        self.flush()
+        self.flush()?;
+        while let Some(chunk) = self.held.pop_front() {
+            self.tx.blocking_send(chunk).map_err(|_| Closed)?;
+        }
+        Ok(())
     }
 }
 
@@ -310,6 +336,16 @@ impl LineSink for RecordBuilder {
         });
         self.flush()?;
         Ok(next)
+    }
+
+    fn ready(&mut self) -> Result<bool, Closed> {
+        self.send_held()?;
+        Ok(self.held.is_empty())
+    }
+
+    fn lost(&mut self, loss: Loss) {
+        self.metrics
+            .file_bytes_lost(loss.reason.as_str(), loss.bytes);
     }
 }
 

@@ -19,6 +19,10 @@ pub const MAX_SHARD_LABELS: usize = 1024;
 /// The label value that collects throttles beyond [`MAX_SHARD_LABELS`] shards.
 pub const OTHER_SHARDS: &str = "other";
 
+/// Why file bytes were given up unread: descriptor bound, deleted-file bound, copytruncate
+/// before the bytes were read.
+pub const FILE_LOSS_REASONS: [&str; 3] = ["max_open_files", "max_held_deleted", "truncated_unread"];
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Every counter, each exported as `shipper_<name>`.
@@ -35,6 +39,8 @@ macro_rules! counters {
             pub last_answered_unix: AtomicU64,
             /// ... and of the last one that failed as a whole (0: none yet).
             pub last_failed_unix: AtomicU64,
+            /// File bytes given up unread, by reason (in the order of [`FILE_LOSS_REASONS`]).
+            pub file_bytes_lost: [AtomicU64; FILE_LOSS_REASONS.len()],
         }
 
         impl Metrics {
@@ -79,6 +85,8 @@ counters! {
     records_split_total,
     /// Lines cut short because they were over the record size limit (--long-lines truncate).
     lines_truncated_total,
+    /// Files closed before their end (descriptor or deleted-file bounds).
+    files_closed_unread_total,
 }
 
 fn unix_now() -> u64 {
@@ -126,6 +134,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         by_shard.iter().map(|(id, n)| (id.clone(), *n)).collect()
+    }
+
+    /// Count `bytes` of a file given up unread for `reason` (one of [`FILE_LOSS_REASONS`]).
+    pub fn file_bytes_lost(&self, reason: &str, bytes: u64) {
+        if let Some(i) = FILE_LOSS_REASONS.iter().position(|r| *r == reason) {
+            self.file_bytes_lost[i].fetch_add(bytes, Ordering::Relaxed);
+        }
+        if reason != "truncated_unread" {
+            Metrics::add(&self.files_closed_unread_total, 1);
+        }
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

@@ -20,6 +20,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
+use super::metrics::FILE_LOSS_REASONS;
 
 /// `/healthz` fails when the checkpoint loop has not turned for this long.
 const STALE_AFTER: Duration = Duration::from_secs(30);
@@ -130,6 +131,14 @@ pub fn render(metrics: &Metrics) -> String {
         let _ = writeln!(
             out,
             "shipper_records_dropped_total{{reason=\"{reason}\"}} {}",
+            Metrics::get(counter)
+        );
+    }
+    let _ = writeln!(out, "# TYPE shipper_file_bytes_lost_total counter");
+    for (reason, counter) in FILE_LOSS_REASONS.iter().zip(&metrics.file_bytes_lost) {
+        let _ = writeln!(
+            out,
+            "shipper_file_bytes_lost_total{{reason=\"{reason}\"}} {}",
             Metrics::get(counter)
         );
     }

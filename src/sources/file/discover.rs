@@ -11,6 +11,7 @@ use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use tracing::{debug, info, warn};
 
@@ -26,6 +27,8 @@ pub(super) enum Problem {
     Directory,
     /// FIFO, socket, device.
     Special,
+    /// Every descriptor the source may hold is taken by a file that still has its name.
+    TooManyOpen,
     Other(io::ErrorKind),
 }
 
@@ -86,6 +89,12 @@ impl Problems {
             Problem::Special => {
                 stats.skipped_special += 1;
                 debug!(%path, "skipping a path that is not a regular file");
+            }
+            Problem::TooManyOpen => {
+                warn!(
+                    %path,
+                    "not opening the file yet: every descriptor --max-open-files allows is taken by a file that is still being written; retrying at each rescan"
+                );
             }
             Problem::Other(_) => {
                 stats.open_errors += 1;
@@ -239,9 +248,24 @@ const O_NONBLOCK: i32 = 0o4000;
 )))]
 const O_NONBLOCK: i32 = 0;
 
+/// Names of compressed rotations (`app.log.2.gz`): not text, never read; compressing also makes
+/// a new inode, so such a name cannot be the checkpointed file anyway.
+const COMPRESSED_SUFFIXES: [&str; 6] = [".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"];
+
+fn is_compressed_name(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    COMPRESSED_SUFFIXES
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
+}
+
 /// Look for the file of `checkpoint` next to its old path (and next to the symlink target, when
-/// the path is a link): a rotation renamed it while the shipper was down.
-pub(super) fn find_renamed(checkpoint: &FileCheckpoint) -> Option<PathBuf> {
+/// the path is a link): a rotation renamed it while the shipper was down. Returns its path and
+/// when it was last modified (older generations are read first).
+pub(super) fn find_renamed(checkpoint: &FileCheckpoint) -> Option<(PathBuf, SystemTime)> {
     let mut dirs = Vec::new();
     if let Some(parent) = checkpoint.path.parent() {
         dirs.push(parent.to_path_buf());
@@ -257,12 +281,16 @@ pub(super) fn find_renamed(checkpoint: &FileCheckpoint) -> Option<PathBuf> {
             continue;
         };
         for entry in entries.flatten() {
+            if is_compressed_name(&entry.path()) {
+                continue;
+            }
             // Not following symlinks: the checkpointed inode is the file itself.
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
             if meta.is_file() && file_id(&meta) == checkpoint.id {
-                return Some(entry.path());
+                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                return Some((entry.path(), modified));
             }
         }
     }

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tracing::error;
 
 use crate::ack::{FileCheckpoint, FileId, FileProgress, Registry};
 
@@ -63,6 +64,10 @@ pub enum LongLinePolicy {
     Truncate,
 }
 
+pub const DEFAULT_MAX_OPEN_FILES: usize = 256;
+pub const DEFAULT_MAX_HELD_DELETED_FOR: Duration = Duration::from_secs(3600);
+pub const DEFAULT_MAX_HELD_DELETED_BYTES: u64 = 1024 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct FileSourceConfig {
     /// Literal paths or glob patterns, e.g. `/var/log/worker/*.log`.
@@ -84,6 +89,15 @@ pub struct FileSourceConfig {
     /// Size of one read (at least 2). Memory per file stays below
     /// `max_line_bytes + read_buffer_bytes`.
     pub read_buffer_bytes: usize,
+    /// Most files held open at once (at least 1). When a new file needs a descriptor and every one
+    /// is taken, the oldest rotated-away file is closed and its unread rest counted as lost; a
+    /// file that still has its name is not lost by waiting, so it is opened later instead.
+    pub max_open_files: usize,
+    /// A deleted file is held open (its disk space with it) for at most this long ...
+    pub max_held_deleted_for: Duration,
+    /// ... and deleted files held open take at most this many bytes in all; past either, the
+    /// oldest is closed and its unread rest counted as lost.
+    pub max_held_deleted_bytes: u64,
 }
 
 impl Default for FileSourceConfig {
@@ -97,6 +111,9 @@ impl Default for FileSourceConfig {
             rotate_wait: Duration::from_secs(5),
             rescan_interval: Duration::from_secs(1),
             read_buffer_bytes: 64 * 1024,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+            max_held_deleted_for: DEFAULT_MAX_HELD_DELETED_FOR,
+            max_held_deleted_bytes: DEFAULT_MAX_HELD_DELETED_BYTES,
         }
     }
 }
@@ -145,6 +162,51 @@ pub trait LineSink {
     /// Called before the source waits for more data. Returns the downstream's own next deadline
     /// (e.g. a multiline flush timer) so the source wakes for it.
     fn idle(&mut self, now: Instant) -> Result<Option<Instant>, Closed>;
+    /// Whether the downstream takes more lines now. While it does not, the source reads nothing
+    /// more but goes on finding, opening and checking files: the open files are the buffer.
+    /// `line` must still accept what comes while not ready (the end of a read, a rotated file's
+    /// last partial line); the source asks before every read, so that stays small.
+    fn ready(&mut self) -> Result<bool, Closed> {
+        Ok(true)
+    }
+    /// Wait up to `timeout` for the downstream to become ready; returns whether it is.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<bool, Closed> {
+        let _ = timeout;
+        self.ready()
+    }
+    /// Bytes of a file were given up without being read (see [`Loss`]).
+    fn lost(&mut self, loss: Loss) {
+        let _ = loss;
+    }
+}
+
+/// Why the unread rest of a file was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LossReason {
+    /// More files had to be held open than `max_open_files` allows.
+    MaxOpenFiles,
+    /// A deleted file was held open longer, or held more bytes, than `max_held_deleted` allows.
+    MaxHeldDeleted,
+    /// Copytruncate emptied the file before all of it was read: those bytes exist only in the
+    /// copy.
+    TruncatedUnread,
+}
+
+impl LossReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossReason::MaxOpenFiles => "max_open_files",
+            LossReason::MaxHeldDeleted => "max_held_deleted",
+            LossReason::TruncatedUnread => "truncated_unread",
+        }
+    }
+}
+
+/// Bytes of one file that were never read and never will be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loss {
+    pub reason: LossReason,
+    pub bytes: u64,
 }
 
 /// What one [`FileSource::poll`] did.
@@ -187,6 +249,14 @@ pub struct FileSourceStats {
     pub skipped_special: u64,
     /// A checkpoint whose file could not be found again at startup.
     pub checkpoints_lost: u64,
+    /// Files closed before their end (descriptor or deleted-file bounds), and the bytes given up
+    /// with them and with truncations that came before the bytes were read.
+    pub files_closed_unread: u64,
+    pub bytes_lost: u64,
+    /// A new file waited for a descriptor (every one held by a file that still has its name).
+    pub opens_deferred: u64,
+    /// Most files held open at once.
+    pub peak_open_files: u64,
 }
 
 /// Longest a file is read in one pass before the others get their turn.
@@ -209,6 +279,8 @@ pub struct FileSource {
     started: bool,
     /// Bumped when the set of open files changes, so `run` knows to update its watches.
     layout_version: u64,
+    /// The next file's place in the reading order.
+    next_seq: u64,
     stats: FileSourceStats,
 }
 
@@ -221,6 +293,7 @@ impl FileSource {
         // The reader needs room for one byte past a full line (a held "\r") plus a read.
         config.max_line_bytes = config.max_line_bytes.max(1);
         config.read_buffer_bytes = config.read_buffer_bytes.max(2);
+        config.max_open_files = config.max_open_files.max(1);
         let checkpoint_paths = initial.iter().map(|c| c.path.clone()).collect();
         let pending_checkpoints = initial.into_iter().map(|c| (c.id, c)).collect();
         FileSource {
@@ -234,6 +307,7 @@ impl FileSource {
             rescan_requested: false,
             started: false,
             layout_version: 0,
+            next_seq: 0,
             stats: FileSourceStats::default(),
         }
     }
@@ -255,20 +329,44 @@ impl FileSource {
         if rescan_due {
             self.rescan_requested = false;
             self.next_rescan = Some(now + self.config.rescan_interval);
-            self.rescan(now);
+            self.rescan(now, sink)?;
         }
         let budget = self.config.read_buffer_bytes * READS_PER_FILE_PER_POLL;
         let mut bytes_read = 0;
         let mut next_deadline = self.next_rescan;
         let mut retired = Vec::new();
-        for (id, file) in self.files.iter_mut() {
-            let step = file.poll(now, rescan_due, budget, &self.config, sink, &mut self.stats)?;
+        // Oldest first; a file waits while an older generation of its path has unread bytes, so
+        // rotated files are read in the order they were written, each to its end.
+        let mut order: Vec<(u64, FileId)> =
+            self.files.iter().map(|(id, f)| (f.seq(), *id)).collect();
+        order.sort_unstable();
+        let mut unfinished: Vec<PathBuf> = Vec::new();
+        for (_, id) in order {
+            let Some(file) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let may_read = !unfinished.iter().any(|origin| origin == file.origin());
+            let step = file.poll(
+                now,
+                rescan_due,
+                budget,
+                may_read,
+                &self.config,
+                sink,
+                &mut self.stats,
+            )?;
             bytes_read += step.bytes_read;
+            if !step.at_end && may_read && !file.is_failing() {
+                unfinished.push(file.origin().to_path_buf());
+            }
             match step.next {
-                FileStep::Retire => retired.push(*id),
+                FileStep::Retire => retired.push(id),
                 FileStep::WakeAt(at) => next_deadline = earliest(next_deadline, Some(at)),
                 FileStep::Wait => {}
             }
+        }
+        if let Some(at) = self.bound_held_deleted(now, sink)? {
+            next_deadline = earliest(next_deadline, Some(at));
         }
         for id in retired {
             self.files.remove(&id);
@@ -284,10 +382,18 @@ impl FileSource {
     /// The blocking loop: poll while data keeps coming; when idle, call `sink.idle` and wait for a
     /// watcher event or the next deadline, whichever comes first. Returns when `cancel` is
     /// cancelled or the sink is closed.
+    ///
+    /// The loop never blocks on the sink. While the sink is full it reads nothing, but a watcher
+    /// event still starts a rescan at once, so a file created and rotated away meanwhile is opened
+    /// (and its content kept reachable by the descriptor) within milliseconds.
     pub fn run(mut self, cancel: CancellationToken, sink: &mut dyn LineSink) {
         // The token has no blocking wait, so the idle wait is cut into slices this long; it bounds
         // how late a cancellation is noticed.
         const CANCEL_CHECK: Duration = Duration::from_millis(100);
+        // While the sink is full: how often it is asked again (watcher events end a wait at once),
+        // and how often the open files are checked without an event.
+        const FULL_CHECK: Duration = Duration::from_millis(5);
+        const FULL_POLL: Duration = Duration::from_millis(100);
         let mut wakeup = watch::Wakeup::new();
         let mut watched_version = None;
         while !cancel.is_cancelled() {
@@ -295,17 +401,38 @@ impl FileSource {
             let Ok(outcome) = self.poll(now, sink) else {
                 return;
             };
-            if outcome.bytes_read > 0 {
-                continue;
-            }
             if watched_version != Some(self.layout_version) {
                 wakeup.watch(self.watch_dirs());
                 watched_version = Some(self.layout_version);
             }
+            let Ok(ready) = sink.ready() else {
+                return;
+            };
+            if outcome.bytes_read > 0 && ready {
+                continue;
+            }
             let Ok(downstream) = sink.idle(now) else {
                 return;
             };
-            let timeout = earliest(outcome.next_deadline, downstream)
+            let deadline = earliest(outcome.next_deadline, downstream);
+            if !ready {
+                let until = earliest(deadline, Some(now + FULL_POLL)).unwrap_or(now);
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if wakeup.wait(left.min(FULL_CHECK)) == watch::Wake::Layout {
+                        self.request_rescan();
+                        break;
+                    }
+                    match sink.ready() {
+                        Ok(true) => break,
+                        Ok(false) if Instant::now() >= until || cancel.is_cancelled() => break,
+                        Ok(false) => {}
+                        Err(Closed) => return,
+                    }
+                }
+                continue;
+            }
+            let timeout = deadline
                 .map_or(CANCEL_CHECK, |at| {
                     at.saturating_duration_since(Instant::now())
                 })
@@ -314,6 +441,64 @@ impl FileSource {
                 self.request_rescan();
             }
         }
+    }
+
+    /// Close deleted files held too long or holding too much disk, oldest first. Returns when
+    /// the next one would be due.
+    fn bound_held_deleted(
+        &mut self,
+        now: Instant,
+        sink: &mut dyn LineSink,
+    ) -> Result<Option<Instant>, Closed> {
+        let mut held: Vec<(u64, FileId, Instant, u64)> = self
+            .files
+            .iter()
+            .filter_map(|(id, file)| {
+                let bytes = file.held_deleted_bytes()?;
+                Some((file.seq(), *id, file.detached_at()?, bytes))
+            })
+            .collect();
+        if held.is_empty() {
+            return Ok(None);
+        }
+        held.sort_unstable();
+        let mut total: u64 = held.iter().map(|h| h.3).sum();
+        let mut next = None;
+        for (_, id, detached_at, bytes) in held {
+            let expires = detached_at + self.config.max_held_deleted_for;
+            if total > self.config.max_held_deleted_bytes || now >= expires {
+                self.close_unread(id, LossReason::MaxHeldDeleted, sink)?;
+                total -= bytes;
+            } else {
+                next = earliest(next, Some(expires));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Close a file before its end and count what is given up.
+    fn close_unread(
+        &mut self,
+        id: FileId,
+        reason: LossReason,
+        sink: &mut dyn LineSink,
+    ) -> Result<(), Closed> {
+        let Some(file) = self.files.remove(&id) else {
+            return Ok(());
+        };
+        let path = file.path().to_path_buf();
+        let bytes = file.give_up(sink, &mut self.stats)?;
+        self.layout_version += 1;
+        self.stats.files_closed_unread += 1;
+        self.stats.bytes_lost += bytes;
+        error!(
+            path = %path.display(),
+            bytes_lost = bytes,
+            reason = reason.as_str(),
+            "closing a file before it was read to its end; its unread bytes are lost"
+        );
+        sink.lost(Loss { reason, bytes });
+        Ok(())
     }
 
     /// Directories worth watching: the literal part of each pattern, and where the open files

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::discover::{self, Problem};
 use super::fingerprint::{self, Check};
 use super::tracked::TrackedFile;
-use super::{FileSource, ReadFrom};
+use super::{Closed, FileSource, LineSink, LossReason, ReadFrom};
 use crate::ack::{FileCheckpoint, FileId, FileProgress};
 
 /// How a newly opened file was placed.
@@ -30,7 +30,7 @@ pub(super) enum Start {
 }
 
 impl FileSource {
-    pub(super) fn rescan(&mut self, now: Instant) {
+    pub(super) fn rescan(&mut self, now: Instant, sink: &mut dyn LineSink) -> Result<(), Closed> {
         let first_scan = !self.started;
         self.started = true;
         let paths = discover::expand(&self.config.include, &mut self.problems, &mut self.stats);
@@ -55,14 +55,18 @@ impl FileSource {
         }
         self.problems.retain_matched(&matched);
         self.reconcile(now, &path_of);
+        // Files rotated away while the shipper was down come first in the reading order: they
+        // are older than whatever now has their name.
+        if first_scan {
+            self.recover_renamed(&path_of, now, sink)?;
+        }
         for (path, id) in found {
             if !self.files.contains_key(&id) {
-                self.open(&path, Start::Matched { first_scan }, now);
+                self.open(&path, Start::Matched { first_scan }, now, sink)?;
             }
         }
-        if first_scan {
-            self.recover_renamed(&path_of, now);
-        }
+        self.stats.peak_open_files = self.stats.peak_open_files.max(self.files.len() as u64);
+        Ok(())
     }
 
     /// Follow open files whose path changed; detach those no path names any more.
@@ -96,17 +100,23 @@ impl FileSource {
 
     /// Startup: checkpoints whose file no path matches were probably renamed by a rotation while
     /// the shipper was down. Find them in their directory and finish reading them.
-    fn recover_renamed(&mut self, path_of: &HashMap<FileId, PathBuf>, now: Instant) {
+    fn recover_renamed(
+        &mut self,
+        path_of: &HashMap<FileId, PathBuf>,
+        now: Instant,
+        sink: &mut dyn LineSink,
+    ) -> Result<(), Closed> {
         let lost: Vec<FileCheckpoint> = self
             .pending_checkpoints
             .values()
             .filter(|checkpoint| !path_of.contains_key(&checkpoint.id))
             .cloned()
             .collect();
+        let mut renamed = Vec::new();
         for checkpoint in lost {
             self.pending_checkpoints.remove(&checkpoint.id);
             match discover::find_renamed(&checkpoint) {
-                Some(path) => self.open(&path, Start::Renamed(checkpoint), now),
+                Some((path, modified)) => renamed.push((modified, path, checkpoint)),
                 None => {
                     self.stats.checkpoints_lost += 1;
                     warn!(
@@ -117,17 +127,59 @@ impl FileSource {
                 }
             }
         }
+        // Oldest generation first.
+        renamed.sort_by_key(|a| a.0);
+        for (_, path, checkpoint) in renamed {
+            self.open(&path, Start::Renamed(checkpoint), now, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Make room for one more open file: close the oldest file that no path names any more
+    /// (its unread rest is lost), or, when every open file still has its name, say no: the new
+    /// file keeps its name too and is opened at a later rescan.
+    fn make_room(&mut self, path: &Path, sink: &mut dyn LineSink) -> Result<bool, Closed> {
+        if self.files.len() < self.config.max_open_files {
+            return Ok(true);
+        }
+        let oldest_detached = self
+            .files
+            .iter()
+            .filter(|(_, file)| !file.is_attached())
+            .min_by_key(|(_, file)| file.seq())
+            .map(|(id, _)| *id);
+        match oldest_detached {
+            Some(id) => {
+                self.close_unread(id, LossReason::MaxOpenFiles, sink)?;
+                Ok(true)
+            }
+            None => {
+                self.stats.opens_deferred += 1;
+                self.problems
+                    .note(path, Problem::TooManyOpen, None, &mut self.stats);
+                Ok(false)
+            }
+        }
     }
 
     /// Open `path`, decide where to start it, and track it.
-    pub(super) fn open(&mut self, path: &Path, start: Start, now: Instant) {
+    pub(super) fn open(
+        &mut self,
+        path: &Path,
+        start: Start,
+        now: Instant,
+        sink: &mut dyn LineSink,
+    ) -> Result<(), Closed> {
+        if !self.make_room(path, sink)? {
+            return Ok(());
+        }
         let file = match discover::open(path) {
             Ok(file) => file,
             Err(error) => {
                 let problem = Problem::from_error(&error);
                 self.problems
                     .note(path, problem, Some(&error), &mut self.stats);
-                return;
+                return Ok(());
             }
         };
         // The handle's identity is the truth: the path may have changed since it was stat'ed.
@@ -136,18 +188,18 @@ impl FileSource {
             Ok(_) => {
                 self.problems
                     .note(path, Problem::Special, None, &mut self.stats);
-                return;
+                return Ok(());
             }
             Err(error) => {
                 let problem = Problem::from_error(&error);
                 self.problems
                     .note(path, problem, Some(&error), &mut self.stats);
-                return;
+                return Ok(());
             }
         };
         let id = discover::file_id(&meta);
         if self.files.contains_key(&id) {
-            return;
+            return Ok(());
         }
         let size = meta.len();
         let fingerprint = match fingerprint::compute(&file, size) {
@@ -156,14 +208,20 @@ impl FileSource {
                 let problem = Problem::from_error(&error);
                 self.problems
                     .note(path, problem, Some(&error), &mut self.stats);
-                return;
+                return Ok(());
             }
         };
-        let (checkpoint, attached, first_scan) = match start {
-            Start::Matched { first_scan } => {
-                (self.pending_checkpoints.remove(&id), true, first_scan)
+        let (checkpoint, attached, first_scan, origin) = match start {
+            Start::Matched { first_scan } => (
+                self.pending_checkpoints.remove(&id),
+                true,
+                first_scan,
+                path.to_path_buf(),
+            ),
+            Start::Renamed(checkpoint) => {
+                let origin = checkpoint.path.clone();
+                (Some(checkpoint), false, false, origin)
             }
-            Start::Renamed(checkpoint) => (Some(checkpoint), false, false),
         };
         let (offset, how) = match checkpoint {
             Some(checkpoint) => match fingerprint::check(&file, size, checkpoint.fingerprint) {
@@ -173,7 +231,7 @@ impl FileSource {
                 Ok(_) if !attached => {
                     warn!(path = %path.display(), "renamed file no longer matches its checkpoint");
                     self.stats.checkpoints_lost += 1;
-                    return;
+                    return Ok(());
                 }
                 // Same inode, other content: a reused inode or a rewrite while we were down.
                 _ => (
@@ -190,8 +248,12 @@ impl FileSource {
             None => (0, "reading from the start"),
         };
         let progress = FileProgress::new(id, path.to_path_buf(), fingerprint, offset);
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let mut tracked = match TrackedFile::new(
             progress.clone(),
+            seq,
+            origin,
             path.to_path_buf(),
             file,
             offset,
@@ -204,7 +266,7 @@ impl FileSource {
                 let problem = Problem::from_error(&error);
                 self.problems
                     .note(path, problem, Some(&error), &mut self.stats);
-                return;
+                return Ok(());
             }
         };
         if !attached {
@@ -216,5 +278,6 @@ impl FileSource {
         self.layout_version += 1;
         info!(path = %path.display(), offset, size, how, "file opened");
         self.files.insert(id, tracked);
+        Ok(())
     }
 }

@@ -66,6 +66,7 @@ pub(super) fn config(dir: &Path, pattern: &str) -> FileSourceConfig {
         rotate_wait: Duration::from_secs(5),
         rescan_interval: Duration::from_secs(1),
         read_buffer_bytes: 64,
+        ..FileSourceConfig::default()
     }
 }
 
@@ -525,8 +526,12 @@ fn file_vanishing_between_stat_and_open_is_counted_not_fatal() {
     let (mut source, _) = new_source(config(dir.path(), "*.log"));
     fs::remove_file(&path).unwrap();
     let now = Instant::now();
-    source.open(&path, Start::Matched { first_scan: false }, now);
-    source.open(&path, Start::Matched { first_scan: false }, now);
+    let mut sink = Collect::default();
+    for _ in 0..2 {
+        source
+            .open(&path, Start::Matched { first_scan: false }, now, &mut sink)
+            .unwrap();
+    }
     assert_eq!(source.stats().vanished, 1);
     assert_eq!(source.stats().files_opened, 0);
 }

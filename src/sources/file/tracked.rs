@@ -7,15 +7,16 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::fingerprint::{self, Check};
 use super::reader::{Emitter, LineReader};
-use super::{Closed, FileSourceConfig, FileSourceStats, LineSink};
+use super::{Closed, FileSourceConfig, FileSourceStats, LineSink, Loss, LossReason};
 use crate::ack::{FileProgress, Fingerprint};
 
 /// What a file needs after a pass.
@@ -30,11 +31,17 @@ pub(super) enum FileStep {
 
 pub(super) struct FilePoll {
     pub bytes_read: u64,
+    /// The file was read to its end in this pass.
+    pub at_end: bool,
     pub next: FileStep,
 }
 
 pub(super) struct TrackedFile {
     progress: Arc<FileProgress>,
+    /// Order of opening: older generations of one path are read before newer ones.
+    seq: u64,
+    /// The path the file was first found at; generations of one origin are read in `seq` order.
+    origin: PathBuf,
     /// The path the file was found at (the link, for a symlink).
     path: PathBuf,
     /// Directory of the file itself (the symlink target's), for the watcher.
@@ -43,6 +50,8 @@ pub(super) struct TrackedFile {
     reader: LineReader,
     fingerprint: Fingerprint,
     last_size: u64,
+    /// No name links to the file any more: it holds disk space until it is closed.
+    deleted: bool,
     /// When bytes last arrived (or the file was opened).
     last_data_at: Instant,
     /// When the path stopped naming this file.
@@ -53,8 +62,11 @@ pub(super) struct TrackedFile {
 
 impl TrackedFile {
     /// `file` is positioned nowhere in particular: the reader seeks it to `offset`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         progress: Arc<FileProgress>,
+        seq: u64,
+        origin: PathBuf,
         path: PathBuf,
         mut file: File,
         offset: u64,
@@ -68,6 +80,8 @@ impl TrackedFile {
             .and_then(|real| real.parent().map(Path::to_path_buf));
         Ok(TrackedFile {
             progress,
+            seq,
+            origin,
             path,
             real_dir,
             file,
@@ -79,6 +93,7 @@ impl TrackedFile {
             ),
             fingerprint,
             last_size: offset,
+            deleted: false,
             last_data_at: now,
             detached_at: None,
             error_logged: false,
@@ -91,6 +106,46 @@ impl TrackedFile {
 
     pub(super) fn is_attached(&self) -> bool {
         self.detached_at.is_none()
+    }
+
+    /// Reading or inspecting the file keeps failing: it is not waited for.
+    pub(super) fn is_failing(&self) -> bool {
+        self.error_logged
+    }
+
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub(super) fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// When the path stopped naming the file, if it did.
+    pub(super) fn detached_at(&self) -> Option<Instant> {
+        self.detached_at
+    }
+
+    /// Deleted (no link left) and still held open: the disk space it takes, as last seen.
+    pub(super) fn held_deleted_bytes(&self) -> Option<u64> {
+        self.deleted.then_some(self.last_size)
+    }
+
+    /// Close the file before its end: emit what the reader holds, let the progress end where
+    /// reading stopped, and return how many bytes are given up.
+    pub(super) fn give_up(
+        mut self,
+        sink: &mut dyn LineSink,
+        stats: &mut FileSourceStats,
+    ) -> Result<u64, Closed> {
+        self.emitter(sink, stats).flush()?;
+        let end = self.reader.read_offset();
+        let size = self
+            .file
+            .metadata()
+            .map_or(self.last_size, |meta| meta.len());
+        self.progress.retire(end);
+        Ok(size.saturating_sub(end))
     }
 
     pub(super) fn watch_dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
@@ -122,18 +177,25 @@ impl TrackedFile {
         }
     }
 
-    /// One pass: check identity and size, read up to `budget` bytes, fire timers.
+    /// One pass: check identity and size, read up to `budget` bytes (none unless `may_read`, and
+    /// only while the sink is ready), fire timers.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn poll(
         &mut self,
         now: Instant,
         verify: bool,
         budget: usize,
+        may_read: bool,
         config: &FileSourceConfig,
         sink: &mut dyn LineSink,
         stats: &mut FileSourceStats,
     ) -> Result<FilePoll, Closed> {
         self.check_identity(verify, sink, stats)?;
-        let (bytes_read, at_end) = self.read_available(budget, sink, stats)?;
+        let (bytes_read, at_end) = if may_read {
+            self.read_available(budget, sink, stats)?
+        } else {
+            (0, false)
+        };
         if bytes_read > 0 {
             self.last_data_at = now;
         }
@@ -155,6 +217,7 @@ impl TrackedFile {
                 info!(path = %self.path.display(), offset = end, "file retired");
                 return Ok(FilePoll {
                     bytes_read: bytes_read as u64,
+                    at_end,
                     next: FileStep::Retire,
                 });
             }
@@ -162,6 +225,7 @@ impl TrackedFile {
         }
         Ok(FilePoll {
             bytes_read: bytes_read as u64,
+            at_end,
             next: next.map_or(FileStep::Wait, FileStep::WakeAt),
         })
     }
@@ -191,7 +255,10 @@ impl TrackedFile {
         stats: &mut FileSourceStats,
     ) -> Result<(), Closed> {
         let size = match self.file.metadata() {
-            Ok(meta) => meta.len(),
+            Ok(meta) => {
+                self.deleted = meta.nlink() == 0;
+                meta.len()
+            }
             Err(error) => {
                 self.note_error(&error, stats);
                 return Ok(());
@@ -216,8 +283,22 @@ impl TrackedFile {
         } else {
             None
         };
+        let unread_before = self.last_size.saturating_sub(self.reader.read_offset());
         self.last_size = size;
         if let Some(how) = changed {
+            if how == "truncated" && unread_before > 0 {
+                // Written, then truncated away before it could be read: only the copy has it.
+                stats.bytes_lost += unread_before;
+                error!(
+                    path = %self.path.display(),
+                    bytes_lost = unread_before,
+                    "file truncated before it was read to its end; those bytes are only in the copy"
+                );
+                sink.lost(Loss {
+                    reason: LossReason::TruncatedUnread,
+                    bytes: unread_before,
+                });
+            }
             self.restart_from_zero(how, size, sink, stats)?;
         }
         Ok(())
@@ -273,6 +354,9 @@ impl TrackedFile {
             stats,
         };
         while total < budget {
+            if !out.sink.ready()? {
+                return Ok((total, false));
+            }
             match self.file.read(self.reader.spare()) {
                 Ok(0) => return Ok((total, true)),
                 Ok(n) => {
