@@ -14,7 +14,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(ROOT, "..", "shared", "fixtures", "celery", "worker.log")
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "celery", "worker.log")
 SHIPPER = os.path.join(ROOT, "target", "release", "shipper")
 
 

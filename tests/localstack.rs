@@ -428,7 +428,7 @@ fn prefixed(line: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback() {
     let fixture =
-        std::fs::read(repo_root().join("../shared/fixtures/celery/worker.log")).expect("fixture");
+        std::fs::read(repo_root().join("tests/fixtures/celery/worker.log")).expect("fixture");
     let text = String::from_utf8_lossy(&fixture).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     // Cut just after the first line of a traceback, so the record is incomplete at the stop.

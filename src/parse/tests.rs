@@ -8,8 +8,16 @@ use serde_json::Value;
 use super::*;
 use crate::partition_key::{self, KeyRng, Template};
 
-/// Records in the fixture: lines that start with the Celery prefix, counted independently below.
-const FIXTURE_RECORDS: usize = 236;
+/// What the fixture's app (`scripts/celery_fixture/tasks.py`) runs: 80 tasks, each with a
+/// `received` line and a `succeeded`/`raised unexpected` line; all but the 8 that fail unhandled
+/// (`fetch_upstream`, `translate_text`) make one log call of their own.
+const FIXTURE_TASKS: usize = 80;
+const FIXTURE_TASK_LOG_CALLS: usize = 72;
+/// Tracebacks the app logs: 4 `reconcile_ledger`, 4 chained `settle_payment` (two each), 4
+/// `fetch_upstream` and 4 `translate_text`.
+const FIXTURE_TRACEBACKS: usize = 20;
+/// One `export_report` task in 20 logs a line of about 50 KiB.
+const FIXTURE_LONG_LINES: usize = 4;
 
 /// A line as the file source hands it over.
 #[derive(Debug, Clone)]
@@ -19,12 +27,21 @@ struct Line {
     end: u64,
 }
 
+/// `tests/fixtures/celery/worker.log`, written by `scripts/celery-fixture.sh`.
 fn fixture() -> Vec<u8> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/celery/worker.log"
+        "/tests/fixtures/celery/worker.log"
     );
     std::fs::read(path).unwrap_or_else(|e| panic!("the Celery fixture is missing at {path}: {e}"))
+}
+
+/// Records in the fixture: lines that start with the Celery prefix, counted without the parser.
+fn fixture_records(file: &[u8], lines: &[Line]) -> usize {
+    lines
+        .iter()
+        .filter(|l| looks_like_celery_line(content(file, l)))
+        .count()
 }
 
 /// Splits at `\n` the way the file source does: lines without terminator, ranges with it.
@@ -122,16 +139,29 @@ fn has_mark(line: &str, marker: &str) -> bool {
 fn fixture_record_count_matches_independent_count() {
     let file = fixture();
     let lines = split_lines(&file);
-    let independent = lines
+    let independent = fixture_records(&file, &lines);
+    // The tasks' own lines, found by what the app writes, plus the worker's lines (start-up).
+    let texts: Vec<&str> = lines
         .iter()
-        .filter(|l| looks_like_celery_line(content(&file, l)))
+        .map(|l| std::str::from_utf8(content(&file, l)).unwrap())
+        .filter(|t| looks_like_celery_line(t.as_bytes()))
+        .collect();
+    let task_lines = texts
+        .iter()
+        .filter(|t| t.contains("] tasks.") || t.contains("] Task tasks."))
         .count();
-    assert_eq!(independent, FIXTURE_RECORDS);
+    assert_eq!(task_lines, 2 * FIXTURE_TASKS + FIXTURE_TASK_LOG_CALLS);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains(": INFO/MainProcess] w1@fixture ready."))
+    );
+    assert!(independent > task_lines, "{independent} records");
     let (events, stats) = join(&file, &lines, Multiline::Celery, DEFAULT_MAX_RECORD_BYTES);
-    assert_eq!(events.len(), FIXTURE_RECORDS);
+    assert_eq!(events.len(), independent);
     assert_eq!(
         (stats.lines, stats.records, stats.records_split),
-        (lines.len() as u64, FIXTURE_RECORDS as u64, 0)
+        (lines.len() as u64, independent as u64, 0)
     );
     assert!(
         events
@@ -145,7 +175,7 @@ fn assert_fixture_records_whole(multiline: Multiline) {
     let file = fixture();
     let lines = split_lines(&file);
     let (events, _) = join(&file, &lines, multiline, DEFAULT_MAX_RECORD_BYTES);
-    assert_eq!(events.len(), FIXTURE_RECORDS);
+    assert_eq!(events.len(), fixture_records(&file, &lines));
     let mut tracebacks = 0;
     for event in &events {
         let record = text(event);
@@ -178,7 +208,12 @@ fn assert_fixture_records_whole(multiline: Multiline) {
             }
         }
     }
-    assert_eq!(tracebacks, 20, "every traceback of the fixture");
+    let in_file = lines
+        .iter()
+        .filter(|l| content(&file, l).starts_with(b"Traceback (most recent call last):"))
+        .count();
+    assert_eq!(in_file, FIXTURE_TRACEBACKS);
+    assert_eq!(tracebacks, in_file, "every traceback of the fixture");
     // Every `tail=X` line is the last line of its record.
     for (i, line) in lines.iter().enumerate() {
         let line_text = std::str::from_utf8(content(&file, line)).unwrap();
@@ -232,6 +267,14 @@ fn regex_mode_over_the_fixture() {
 fn fixture_records_are_byte_exact() {
     let file = fixture();
     let lines = split_lines(&file);
+    // The long lines are about 50 KiB: under 52,000 bytes, so a larger cap splits nothing.
+    let long: Vec<usize> = lines
+        .iter()
+        .map(|l| (l.content_end - l.start) as usize)
+        .filter(|&n| n > 50_000)
+        .collect();
+    assert_eq!(long.len(), FIXTURE_LONG_LINES);
+    assert!(long.iter().all(|&n| n < 52_000), "{long:?}");
     for cap in [DEFAULT_MAX_RECORD_BYTES, 4096, 1000] {
         let (events, stats) = join(&file, &lines, Multiline::Celery, cap);
         assert_covers_input(&file, &lines, &events, cap);
@@ -273,6 +316,44 @@ fn to_json(formatted: &Formatted) -> serde_json::Map<String, Value> {
     }
 }
 
+/// The fixture's task ids: task N has `uuid5(NAMESPACE, "task-N")` (see `tasks.py`).
+const TASK_0: &str = "274bc088-3668-51f0-a216-e3b9ccfef8b2";
+const TASK_1: &str = "95044db5-77af-503b-82b4-878020d1a5cb";
+const TASK_2: &str = "80fdb844-ca31-5e3d-8f29-b184e6112ae3";
+const TASK_4: &str = "5a3dd511-930f-5373-92a2-6ae3601aa8b2";
+const TASK_6: &str = "ed68ba42-52cc-5ea3-a288-3b0f7eecc90f";
+const TASK_8: &str = "648e0a03-a0c9-5644-b443-31e6bfbdc775";
+const TASK_12: &str = "7f8ebabc-eb0f-50fa-a4ec-f1949d1afa06";
+
+/// A formatted record of the fixture with the text it came from.
+struct Sample {
+    record: serde_json::Map<String, Value>,
+    original: String,
+}
+
+/// The one record whose first line satisfies `matches`.
+fn sample<'a>(samples: &'a [Sample], what: &str, matches: impl Fn(&str) -> bool) -> &'a Sample {
+    let mut found = samples
+        .iter()
+        .filter(|s| matches(s.original.split('\n').next().unwrap_or_default()));
+    let sample = found
+        .next()
+        .unwrap_or_else(|| panic!("no record for {what}"));
+    assert!(found.next().is_none(), "more than one record for {what}");
+    sample
+}
+
+/// The record of the log call marked `mk=X`.
+fn marked<'a>(samples: &'a [Sample], marker: &str) -> &'a Sample {
+    sample(samples, marker, |first| has_mark(first, marker))
+}
+
+/// The `Process` of `[... LEVEL/Process] `, read with str methods.
+fn process_of(first_line: &str) -> &str {
+    let (_, rest) = first_line.split_once('/').unwrap();
+    rest.split_once("] ").unwrap().0
+}
+
 #[test]
 fn celery_format_over_the_fixture() {
     let file = fixture();
@@ -281,16 +362,15 @@ fn celery_format_over_the_fixture() {
     let (formatter, context) = formatter(Format::Celery);
     let mut stats = Stats::default();
     let mut fields = RecordFields::default();
-    let mut by_line = std::collections::HashMap::new();
+    let mut samples = Vec::new();
     for event in events {
-        let line = lines.iter().position(|l| l.start == event.start).unwrap() + 1;
         let original = text(&event).to_string();
         let formatted = formatter.format(event, &context, &mut fields, &mut stats);
         assert!(!formatted.parse_error && !formatted.lossy_utf8);
         let record = to_json(&formatted);
         // The message is the record minus its prefix (and minus `NAME[ID]: ` in the task format).
         let message = record["message"].as_str().unwrap();
-        assert!(original.ends_with(message), "line {line}");
+        assert!(original.ends_with(message), "{original:.120}");
         let key = Template::default().render(
             &formatter.key_fields(&context, &fields),
             &mut KeyRng::from_seed(1),
@@ -302,93 +382,130 @@ fn celery_format_over_the_fixture() {
                 .is_some_and(|id| id == key),
             record.contains_key("task_id")
         );
-        by_line.insert(line, (record, original));
+        samples.push(Sample { record, original });
     }
     assert_eq!(stats, Stats::default(), "no errors, nothing lossy");
 
-    // (line, level, process, task_name, task_id, message starts with)
-    let samples = [
+    // The worker warns once per connection it sets up: the first warning is the sample.
+    let hostname = samples
+        .iter()
+        .find(|s| {
+            s.original
+                .contains(": WARNING/MainProcess] No hostname was supplied.")
+        })
+        .expect("the hostname warning");
+    let received = sample(&samples, "task 0 received", |first| {
+        first.ends_with(&format!("] Task tasks.export_report[{TASK_0}] received"))
+    });
+    let succeeded = sample(&samples, "task 1 succeeded", |first| {
+        first.contains(&format!(
+            "] Task tasks.process_order[{TASK_1}] succeeded in 0."
+        ))
+    });
+    let unexpected = sample(&samples, "task 6 raised", |first| {
+        first.contains(&format!(
+            "] Task tasks.fetch_upstream[{TASK_6}] raised unexpected: "
+        ))
+    });
+    let order = marked(&samples, "fx-1");
+    let ledger = marked(&samples, "fx-4");
+    let template = marked(&samples, "fx-8");
+    let chained = marked(&samples, "fx-12");
+    assert!(std::ptr::eq(unexpected, marked(&samples, "fx-6")));
+
+    // (sample, level, process, task_name, task_id, message starts with)
+    let pool = |s: &Sample| process_of(&s.original).to_string();
+    let received_message = format!("Task tasks.export_report[{TASK_0}] received");
+    let succeeded_message = format!("Task tasks.process_order[{TASK_1}] succeeded in 0.");
+    let unexpected_message =
+        format!("Task tasks.fetch_upstream[{TASK_6}] raised unexpected: RuntimeError(");
+    let expected = [
         (
-            1,
+            hostname,
             "WARNING",
-            "MainProcess",
+            "MainProcess".to_string(),
             None,
             None,
             "No hostname was supplied.",
         ),
         (
-            5,
+            received,
             "INFO",
-            "MainProcess",
+            "MainProcess".to_string(),
             Some("tasks.export_report"),
-            Some("44176d13-5df0-4380-9585-a07476622251"),
-            "Task tasks.export_report[44176d13-5df0-4380-9585-a07476622251] received",
+            Some(TASK_0),
+            &*received_message,
         ),
         (
-            8,
+            order,
             "INFO",
-            "ForkPoolWorker-2",
+            pool(order),
             Some("tasks.process_order"),
-            Some("57f036e3-ae56-48ad-9f00-4f98d6973e43"),
+            Some(TASK_1),
             "order o-000001 processed",
         ),
         (
-            9,
+            succeeded,
             "INFO",
-            "ForkPoolWorker-2",
+            pool(succeeded),
             Some("tasks.process_order"),
-            Some("57f036e3-ae56-48ad-9f00-4f98d6973e43"),
-            "Task tasks.process_order[57f036e3-ae56-48ad-9f00-4f98d6973e43] succeeded in 0.0026",
+            Some(TASK_1),
+            &*succeeded_message,
         ),
         (
-            14,
+            ledger,
             "ERROR",
-            "ForkPoolWorker-2",
+            pool(ledger),
             Some("tasks.reconcile_ledger"),
-            Some("40455c5d-63e4-45a0-919a-8faea149c3a4"),
+            Some(TASK_4),
             "ledger reconciliation failed for batch 4",
         ),
         (
-            31,
+            unexpected,
             "ERROR",
-            "ForkPoolWorker-2",
+            pool(unexpected),
             Some("tasks.fetch_upstream"),
-            Some("93b7854b-1e16-469a-952f-2a21c3bb69d2"),
-            "Task tasks.fetch_upstream[93b7854b-1e16-469a-952f-2a21c3bb69d2] raised unexpected: RuntimeError(",
+            Some(TASK_6),
+            &*unexpected_message,
         ),
         (
-            52,
+            template,
             "WARNING",
-            "ForkPoolWorker-2",
+            pool(template),
             Some("tasks.render_template"),
-            Some("80b00d25-5397-4bf4-ab7a-daeb0ab88341"),
+            Some(TASK_8),
             "template invoice.html rendered with 2 warnings",
         ),
         (
-            71,
+            chained,
             "ERROR",
-            "ForkPoolWorker-1",
+            pool(chained),
             Some("tasks.settle_payment"),
-            Some("71726079-a20c-43f3-817c-ebdcf090020d"),
+            Some(TASK_12),
             "settlement aborted for payout p-00012",
         ),
     ];
-    for (line, level, process, task_name, task_id, message) in samples {
-        let (record, _) = &by_line[&line];
+    for (sample, level, process, task_name, task_id, message) in expected {
+        let record = &sample.record;
+        let what = &sample.original[..sample.original.len().min(120)];
         let get = |k: &str| record.get(k).and_then(Value::as_str);
+        assert!(
+            process == "MainProcess" || process.starts_with("ForkPoolWorker-"),
+            "{what}"
+        );
         assert_eq!(
             (get("level"), get("process")),
-            (Some(level), Some(process)),
-            "line {line}"
+            (Some(level), Some(&*process)),
+            "{what}"
         );
         assert_eq!(
             (get("task_name"), get("task_id")),
             (task_name, task_id),
-            "line {line}"
+            "{what}"
         );
         assert!(
             get("message").unwrap().starts_with(message),
-            "line {line}: {:.100}",
+            "{what}: {:.100}",
             get("message").unwrap()
         );
         assert_eq!(
@@ -401,38 +518,53 @@ fn celery_format_over_the_fixture() {
             )
         );
     }
-    assert_eq!(by_line[&1].0["ts"], "2026-11-22T02:45:33.877+00:00");
-    let offset = lines[13].start;
-    assert_eq!(by_line[&14].0["offset"], offset);
-    assert_eq!(by_line[&14].0["id"], format!("803-1234-abcd-{offset:x}"));
+    // `[2026-12-01 14:55:12,259: ` becomes `2026-12-01T14:55:12.259+00:00`.
+    let stamp = &hostname.original[1..24];
+    let ts = format!("{}T{}.{}+00:00", &stamp[..10], &stamp[11..19], &stamp[20..]);
+    assert_eq!(hostname.record["ts"], ts);
+    // The offset is where the record's first line starts in the file, found by its text.
+    let first_line = ledger.original.split('\n').next().unwrap();
+    let offset = memchr::memmem::find(&file, first_line.as_bytes()).unwrap();
+    assert!(offset == 0 || file[offset - 1] == b'\n');
+    assert_eq!(ledger.record["offset"], offset);
+    assert_eq!(ledger.record["id"], format!("803-1234-abcd-{offset:x}"));
 
     // The three-line message and the tracebacks stay in their message, blank lines included.
-    assert!(by_line[&52].0["message"].as_str().unwrap().ends_with("\n    line 12: unknown filter 'money'\n    line 40: undefined variable 'user.tier' tail=r68393ee9-8"));
-    let chained = by_line[&71].0["message"].as_str().unwrap();
+    assert!(template.record["message"].as_str().unwrap().ends_with(
+        " mk=fx-8\n    line 12: unknown filter 'money'\n    line 40: undefined variable 'user.tier' tail=fx-8"
+    ));
+    let chained = chained.record["message"].as_str().unwrap();
     assert!(chained.contains("KeyError: 'transaction_id'\n\nThe above exception was the direct cause of the following exception:\n\nTraceback (most recent call last):\n"));
-    assert!(chained.ends_with("tasks.LedgerError: 정산 실패 💥 거래 12: 게이트웨이 응답에 transaction_id 없음 tail=r68393ee9-12"));
-    let unexpected = by_line[&31].0["message"].as_str().unwrap();
+    assert!(chained.ends_with(
+        "\ntasks.LedgerError: 정산 실패 💥 거래 12: 게이트웨이 응답에 transaction_id 없음 tail=fx-12"
+    ));
+    let unexpected = unexpected.record["message"].as_str().unwrap();
+    assert!(unexpected.contains("\nTraceback (most recent call last):\n"));
     assert!(unexpected.contains("\n                 ^^^^^^^^^^^^^^^^^^^^\n"));
+    assert!(unexpected.ends_with(
+        "\nRuntimeError: upstream inventory-service timed out after 30s (attempt 3/3) mk=fx-6 tail=fx-6"
+    ));
 
     // Korean, emoji and the ~50 KiB lines come through intact.
-    let korean = &by_line[&28].0["message"];
+    let korean = marked(&samples, "fx-2");
+    assert_eq!(korean.record["task_id"], TASK_2);
     assert!(
-        korean
+        korean.record["message"]
             .as_str()
             .unwrap()
             .starts_with("알림 전송 완료 🎉✅ 김민수 님께 주문 확인 메시지를 보냈습니다")
     );
-    for line in [10, 119, 233, 344] {
-        let (record, original) = &by_line[&line];
+    for marker in ["fx-0", "fx-20", "fx-40", "fx-60"] {
+        let Sample { record, original } = marked(&samples, marker);
         assert!(original.len() > 50_000 && !original.contains('\n'));
         let (_, after_task) = original.split_once("]: ").unwrap();
-        assert_eq!(
-            record["message"].as_str().unwrap(),
-            after_task,
-            "line {line}"
-        );
+        assert_eq!(record["message"].as_str().unwrap(), after_task, "{marker}");
     }
-    assert!(by_line[&119].1.contains("데이터블록00000=값🙂"));
+    assert!(
+        marked(&samples, "fx-20")
+            .original
+            .contains("데이터블록00000=값🙂")
+    );
 }
 
 #[test]
