@@ -27,6 +27,8 @@ mod tracked;
 mod watch;
 
 #[cfg(test)]
+mod backpressure_tests;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
@@ -395,6 +397,9 @@ impl FileSource {
         const FULL_CHECK: Duration = Duration::from_millis(5);
         const FULL_POLL: Duration = Duration::from_millis(100);
         let mut wakeup = watch::Wakeup::new();
+        // The patterns' directories are watched before the first scan, so nothing created
+        // while that scan runs goes unnoticed until the next periodic rescan.
+        wakeup.watch(self.watch_dirs());
         let mut watched_version = None;
         while !cancel.is_cancelled() {
             let now = Instant::now();

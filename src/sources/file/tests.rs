@@ -51,7 +51,7 @@ impl Collect {
         self.lines.iter().map(|l| l.data.as_slice()).collect()
     }
 
-    fn take(&mut self) -> Vec<Got> {
+    pub(super) fn take(&mut self) -> Vec<Got> {
         std::mem::take(&mut self.lines)
     }
 }
@@ -105,7 +105,7 @@ fn assert_contiguous(lines: &[Got], first: u64) {
     }
 }
 
-fn new_source(config: FileSourceConfig) -> (FileSource, Arc<Registry>) {
+pub(super) fn new_source(config: FileSourceConfig) -> (FileSource, Arc<Registry>) {
     let registry = Arc::new(Registry::default());
     (
         FileSource::new(config, Arc::clone(&registry), Vec::new()),
