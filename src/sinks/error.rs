@@ -90,6 +90,12 @@ impl SendError {
         self.class == ErrorClass::Throttled
     }
 
+    /// The endpoint could not be reached: no connection, or no answer in time.
+    pub fn is_unreachable(&self) -> bool {
+        self.class == ErrorClass::Transient
+            && matches!(self.code.as_str(), "DispatchFailure" | "Timeout")
+    }
+
     pub fn from_sdk<E, R>(error: &SdkError<E, R>) -> SendError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -193,5 +199,14 @@ mod tests {
         assert!(error(ErrorClass::Transient).is_retriable());
         assert!(error(ErrorClass::Credentials).is_retriable());
         assert!(!error(ErrorClass::Permanent).is_retriable());
+        let transport = |code: &str| SendError {
+            class: ErrorClass::Transient,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(transport("DispatchFailure").is_unreachable());
+        assert!(transport("Timeout").is_unreachable());
+        assert!(!transport("InternalFailure").is_unreachable());
+        assert!(!error(ErrorClass::Throttled).is_unreachable());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod dead_letter;
+pub mod outage;
 pub mod rate;
 mod transport;
 
@@ -31,6 +32,7 @@ use crate::telemetry::Metrics;
 
 pub use dead_letter::DeadLetter;
 pub use error::{ErrorClass, SendError, classify_code};
+pub use outage::Outage;
 pub use rate::ShardLimiter;
 pub use retry::RetryPolicy;
 pub use transport::{EntryResult, SdkTransport, Transport, check_stream};
@@ -54,6 +56,8 @@ pub struct Sink<T> {
     requests: Arc<Semaphore>,
     /// Places for batches waiting out a backoff after a partly failed call, without a slot.
     parked: Arc<Semaphore>,
+    /// How long the endpoint has been unreachable, and what waits meanwhile.
+    outage: Outage,
 }
 
 impl<T: Transport> Sink<T> {
@@ -74,6 +78,7 @@ impl<T: Transport> Sink<T> {
             limiter: None,
             requests: Arc::new(Semaphore::new(0)),
             parked: Arc::new(Semaphore::new(0)),
+            outage: Outage::default(),
         }
         .with_concurrency(crate::config::DEFAULT_CONCURRENCY)
     }
@@ -107,6 +112,10 @@ impl<T: Transport> Sink<T> {
 
     pub fn transport(&self) -> &T {
         &self.transport
+    }
+
+    pub fn outage(&self) -> &Outage {
+        &self.outage
     }
 
     /// Wait until every shard the records expect to land on has room for them.
@@ -154,6 +163,7 @@ impl<T: Transport> Sink<T> {
         stop: &CancellationToken,
     ) {
         let mut slot = Some(slot);
+        let mut waiting = Waiting::new(&self.outage, batch.records.len());
         let mut pending = batch.records;
         let mut backoff = self.retry.backoff();
         let mut failed_attempts = 0u32;
@@ -181,10 +191,16 @@ impl<T: Transport> Sink<T> {
             pending = match outcome {
                 Ok(results) => {
                     self.metrics.call_answered();
+                    self.outage.reachable(tokio::time::Instant::now());
                     self.settle(pending, results)
                 }
                 Err(error) => {
                     self.metrics.call_failed();
+                    if error.is_unreachable() {
+                        self.outage.unreachable(&error, tokio::time::Instant::now());
+                    } else {
+                        self.outage.reachable(tokio::time::Instant::now());
+                    }
                     Metrics::add(&self.metrics.put_records_failed_requests_total, 1);
                     self.metrics.failed(&error.code, 1);
                     if error.is_throttle() {
@@ -211,6 +227,7 @@ impl<T: Transport> Sink<T> {
                     pending
                 }
             };
+            waiting.now(pending.len());
             if pending.is_empty() {
                 break;
             }
@@ -329,6 +346,34 @@ impl<T: Transport> Sink<T> {
             "record over the per-record size limit",
             vec![record],
         );
+    }
+}
+
+/// A batch's records in the sink's count of what is waiting; whatever is left when the batch
+/// leaves the sink (delivered, dead-lettered, or abandoned at a stop) is taken off.
+struct Waiting<'a> {
+    outage: &'a Outage,
+    records: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(outage: &'a Outage, records: usize) -> Self {
+        outage.batch_started(records);
+        Waiting { outage, records }
+    }
+
+    /// `records` are still waiting; the others were settled.
+    fn now(&mut self, records: usize) {
+        self.outage
+            .records_settled(self.records.saturating_sub(records));
+        self.records = records;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.outage.records_settled(self.records);
+        self.outage.batch_finished();
     }
 }
 

@@ -178,6 +178,45 @@ async fn whole_call_failures_retry_without_limit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unreachable_endpoint_counts_what_waits_until_it_answers() {
+    // Connection refused for a while (the backoff grows to 30 s), then a partly failed answer.
+    let mut outcomes: Vec<_> = (0..8)
+        .map(|_| Err(request_error(ErrorClass::Transient, "DispatchFailure")))
+        .collect();
+    outcomes.push(Ok(vec![EntryResult::Delivered, failed("InternalFailure")]));
+    let f = fixture(outcomes);
+    let stop = CancellationToken::new();
+    let sending = f.sink.send(batch(&f.progress, 2), &stop);
+    tokio::pin!(sending);
+    tokio::select! {
+        () = &mut sending => panic!("delivered while unreachable"),
+        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    assert_eq!(f.sink.outage().waiting(), (2, 1));
+    sending.await;
+    assert_eq!(f.transport.calls.lock().unwrap().len(), 10);
+    assert_eq!(f.progress.committed(), 20);
+    assert_eq!(f.sink.outage().waiting(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_abandoned_at_a_stop_leaves_the_count() {
+    let f = fixture(vec![Err(request_error(ErrorClass::Transient, "Timeout"))]);
+    let stop = CancellationToken::new();
+    let sending = f.sink.send(batch(&f.progress, 3), &stop);
+    tokio::pin!(sending);
+    tokio::select! {
+        () = &mut sending => panic!("delivered while unreachable"),
+        () = tokio::time::sleep(Duration::from_millis(1)) => {}
+    }
+    assert_eq!(f.sink.outage().waiting(), (3, 1));
+    stop.cancel();
+    sending.await;
+    assert_eq!(f.sink.outage().waiting(), (0, 0));
+    assert_eq!(f.progress.committed(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn permanent_failures_go_to_the_dead_letter_file_and_are_acknowledged() {
     let f = fixture(vec![
         Ok(vec![
