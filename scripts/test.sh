@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
+step "tests and scripts read only inside the repository"
+scripts/check-repo-paths.sh
+
 step "test tools"
 scripts/install-tools.sh
 
@@ -31,6 +34,9 @@ localstack/start.sh
 step "cargo test (unit, property, integration)"
 cargo test --all-targets 2>&1 | tee target/cargo-test.log
 grep -q "test result" target/cargo-test.log
+
+step "parser tests in a lone copy of the repository"
+scripts/test-fresh-copy.sh
 
 step "Dockerfile lint"
 scripts/lint-docker.sh

@@ -217,7 +217,10 @@ impl<T: Transport> Sink<T> {
                         self.dead_letter(&error.code, &error.message, pending);
                         return;
                     }
-                    if error.class == ErrorClass::Credentials
+                    if error.is_unreachable() {
+                        // The outage report says it at WARN, at most once a minute.
+                        debug!(stream = %self.stream, error = %error, records = pending.len(), "putrecords could not reach kinesis; retrying");
+                    } else if error.class == ErrorClass::Credentials
                         || failed_attempts >= LOUD_AFTER_ATTEMPTS
                     {
                         error!(stream = %self.stream, error = %error, records = pending.len(), attempts = failed_attempts + 1, "putrecords keeps failing; retrying");

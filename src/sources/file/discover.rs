@@ -122,13 +122,13 @@ impl Problems {
         // A directory or a dangling link matched by the glob is not a file to read.
         match matched.iter().find(|path| stat(path).is_ok()) {
             Some(path) => {
-                info!(pattern, path = %path.display(), "a file matches the pattern");
+                info!(%pattern, path = %path.display(), "a file matches the pattern");
                 self.patterns
                     .insert(pattern.to_string(), PatternState::Matched);
             }
             None if state.is_none() => {
                 warn!(
-                    pattern,
+                    %pattern,
                     "nothing matches the pattern yet; the shipper keeps looking for it"
                 );
                 self.patterns
