@@ -26,6 +26,7 @@ app.conf.update(
     broker_transport_options={
         "data_folder_in": BROKER_DIR,
         "data_folder_out": BROKER_DIR,
+        "control_folder": os.path.join(BROKER_DIR, "control"),
         "store_processed": False,
     },
     # One task at a time per pool process, so the two processes interleave as in production.
