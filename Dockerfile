@@ -21,20 +21,24 @@ WORKDIR /build
 # Dependency layer: a stub crate with the real manifest, lock file and build flags
 # (.cargo/config.toml). Rebuilt only when those change. If the manifest ever declares explicit
 # targets (a [[bench]] with harness = false, a [[bin]] with a path), add a stub for each here.
+# The workspace's test endpoint (fake-kinesis/) only needs its manifest and a stub to exist: the
+# image builds the shipper package alone.
 COPY Cargo.toml Cargo.lock ./
+COPY fake-kinesis/Cargo.toml fake-kinesis/
 COPY .cargo .cargo
-RUN mkdir -p src \
+RUN mkdir -p src fake-kinesis/src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
-    && cargo build --release --locked --bin shipper \
-    && rm -rf src
+    && echo 'fn main() {}' > fake-kinesis/src/main.rs \
+    && cargo build --release --locked -p shipper --bin shipper \
+    && rm -rf src fake-kinesis/src
 
 # The crate. .dockerignore keeps target/, .git, tool caches and deployment files out.
 COPY . .
 # The stubs above were written after the real files' mtimes; touch the roots so cargo rebuilds
 # the crate instead of trusting the stub's fingerprint.
 RUN touch -c src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin shipper \
+    && cargo build --release --locked -p shipper --bin shipper \
     && mkdir -p /rootfs/usr/local/bin /rootfs/var/lib/shipper /rootfs/run/shipper \
     && install -m 0755 target/release/shipper /rootfs/usr/local/bin/shipper
 

@@ -22,7 +22,7 @@ test-unit:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 localstack-up:
 	localstack/start.sh

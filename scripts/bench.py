@@ -39,7 +39,7 @@ import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 DEADLINE_SECONDS = 300  # per run; --run-timeout
 
 
@@ -629,7 +629,8 @@ def main():
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
 
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "shipper", "-p", "fake-kinesis"],
+                       cwd=ROOT, check=True)
     commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     cpu_model = ""

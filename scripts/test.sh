@@ -11,7 +11,7 @@ step() { printf '\n== %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tests and scripts read only inside the repository"
 scripts/check-repo-paths.sh
@@ -32,7 +32,7 @@ step "localstack"
 localstack/start.sh
 
 step "cargo test (unit, property, integration)"
-cargo test --all-targets 2>&1 | tee target/cargo-test.log
+cargo test --workspace --all-targets 2>&1 | tee target/cargo-test.log
 grep -q "test result" target/cargo-test.log
 
 step "parser tests in a lone copy of the repository"

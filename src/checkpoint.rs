@@ -10,12 +10,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ack::FileCheckpoint;
 
 pub const FILE_NAME: &str = "checkpoints.json";
-const TEMP_NAME: &str = "checkpoints.json.tmp";
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
 
@@ -50,7 +50,22 @@ struct VersionOnly {
 
 /// Load the checkpoints from `dir`; `Ok(None)` when there are none yet.
 pub fn load(dir: &Path) -> Result<Option<Checkpoints>, Error> {
-    let path = dir.join(FILE_NAME);
+    load_versioned(dir, FILE_NAME)
+}
+
+/// Replace the checkpoints in `dir` with `files`, atomically and durably.
+pub fn store(dir: &Path, files: Vec<FileCheckpoint>) -> Result<(), Error> {
+    let checkpoints = Checkpoints {
+        version: VERSION,
+        files,
+    };
+    store_versioned(dir, FILE_NAME, &checkpoints)
+}
+
+/// Load the versioned JSON file `name` in `dir` (its `version` field must be [`VERSION`]);
+/// `Ok(None)` when it does not exist. Shared by every kind of checkpoint file.
+pub fn load_versioned<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, Error> {
+    let path = dir.join(name);
     let text = match fs::read(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -66,26 +81,22 @@ pub fn load(dir: &Path) -> Result<Option<Checkpoints>, Error> {
             found: version.version,
         });
     }
-    let checkpoints =
-        serde_json::from_slice(&text).map_err(|source| Error::Corrupt { path, source })?;
-    Ok(Some(checkpoints))
+    let value = serde_json::from_slice(&text).map_err(|source| Error::Corrupt { path, source })?;
+    Ok(Some(value))
 }
 
-/// Replace the checkpoints in `dir` with `files`, atomically and durably.
-pub fn store(dir: &Path, files: Vec<FileCheckpoint>) -> Result<(), Error> {
-    let temp = dir.join(TEMP_NAME);
-    let path = dir.join(FILE_NAME);
-    let checkpoints = Checkpoints {
-        version: VERSION,
-        files,
-    };
+/// Replace the file `name` in `dir` with `value` as JSON, atomically and durably: a temp file
+/// (`name.tmp`), fsync, rename, fsync of the directory.
+pub fn store_versioned<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), Error> {
+    let temp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
     let write = || -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&temp)?;
-        serde_json::to_writer_pretty(&mut file, &checkpoints)?;
+        serde_json::to_writer_pretty(&mut file, value)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
         fs::rename(&temp, &path)?;
@@ -122,14 +133,18 @@ mod tests {
         let loaded = load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.version, VERSION);
         assert_eq!(loaded.files, sample());
-        assert!(!dir.path().join(TEMP_NAME).exists());
+        assert!(!dir.path().join(format!("{FILE_NAME}.tmp")).exists());
     }
 
     #[test]
     fn leftover_temp_file_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         store(dir.path(), sample()).unwrap();
-        fs::write(dir.path().join(TEMP_NAME), b"{\"version\": 1, \"fi").unwrap();
+        fs::write(
+            dir.path().join(format!("{FILE_NAME}.tmp")),
+            b"{\"version\": 1, \"fi",
+        )
+        .unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().files, sample());
         store(dir.path(), vec![]).unwrap();
         assert!(load(dir.path()).unwrap().unwrap().files.is_empty());

@@ -22,8 +22,11 @@ pub struct Cli {
 pub enum Command {
     /// Ship files (paths or glob patterns) to a Kinesis stream.
     Tail(TailArgs),
-    /// The same as `tail`, configured from a TOML file (flags and SHIPPER_* variables override it).
+    /// The same as `tail`, configured from a TOML file (flags and SHIPPER_* variables override it);
+    /// a file with a [consume] table runs `consume` instead.
     Run(RunArgs),
+    /// Read every shard of a Kinesis stream and forward each record to a Firehose delivery stream.
+    Consume(ConsumeArgs),
     /// Check a config file and print the effective settings; exit 0 when valid, 64 when not.
     Validate(ValidateArgs),
 }
@@ -44,6 +47,12 @@ pub struct RunArgs {
     pub config: PathBuf,
     #[command(flatten)]
     pub options: Options,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub options: crate::consume::settings::ConsumeOptions,
 }
 
 #[derive(Debug, Args)]

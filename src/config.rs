@@ -139,6 +139,8 @@ pub struct FileConfig {
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
+    /// With this table, `shipper run` runs the consumer (`shipper consume`) instead.
+    pub consume: Option<crate::consume::settings::ConsumeFile>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

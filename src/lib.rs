@@ -11,6 +11,7 @@
 //! - `sinks::kinesis`: PutRecords, per-entry results, retry classification, dead letters.
 //! - `ack`: ordered acknowledgement per file; `checkpoint`: durable, atomic offsets.
 //! - `pipeline`: wires the stages together and drives shutdown.
+//! - `consume`: `shipper consume`, Kinesis shards → de-aggregate/decompress → `sinks::firehose`.
 //! - `telemetry`: tracing setup and counters.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod compress;
 pub mod config;
+pub mod consume;
 pub mod parse;
 pub mod partition_key;
 pub mod pipeline;

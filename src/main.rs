@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use shipper::cli::{Cli, Command};
 use shipper::config::{Config, FileConfig};
-use shipper::{pipeline, telemetry};
+use shipper::consume::settings::Settings;
+use shipper::{config, consume, pipeline, telemetry};
 
 const EXIT_USAGE: u8 = 64;
 
@@ -24,16 +25,25 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(settings) = consume_settings(&cli.command) {
+        return run_consume(settings);
+    }
     let config = match cli.command {
+        Command::Consume(_) => unreachable!("handled by consume_settings"),
         Command::Tail(args) => Config::from_tail(args.paths, &args.options),
         Command::Run(args) => {
             FileConfig::load(&args.config).and_then(|file| Config::merge(file, &args.options))
         }
         Command::Validate(args) => {
-            return match FileConfig::load(&args.config)
-                .and_then(|file| Config::merge(file, &args.options))
-            {
-                Ok(config) => match toml::to_string_pretty(&config) {
+            let printed = FileConfig::load(&args.config).and_then(|file| {
+                if file.consume.is_some() {
+                    Settings::from_file(file, &args.options).map(|s| toml::to_string_pretty(&s))
+                } else {
+                    Config::merge(file, &args.options).map(|c| toml::to_string_pretty(&c))
+                }
+            });
+            return match printed {
+                Ok(text) => match text {
                     Ok(text) => {
                         print!("{text}");
                         ExitCode::SUCCESS
@@ -76,6 +86,57 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = %error, "shipper failed");
+                eprintln!("error: {error}");
+                if error.is_config() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    })
+}
+
+/// The consumer's settings when the command runs it: `consume`, or `run` with a [consume] table.
+fn consume_settings(command: &Command) -> Option<Result<Settings, config::Error>> {
+    match command {
+        Command::Consume(args) => Some(Settings::from_options(&args.options)),
+        Command::Run(args) => match FileConfig::load(&args.config) {
+            Ok(file) if file.consume.is_some() => Some(Settings::from_file(file, &args.options)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `shipper consume`: the same runtime, signals and exit codes as `tail`.
+fn run_consume(settings: Result<Settings, config::Error>) -> ExitCode {
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(4))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match consume::run(settings, shutdown).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %error, "shipper consume failed");
                 eprintln!("error: {error}");
                 if error.is_config() {
                     ExitCode::from(EXIT_USAGE)

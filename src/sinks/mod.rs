@@ -5,6 +5,7 @@
 
 pub mod dead_letter;
 pub mod error;
+pub mod firehose;
 pub mod kinesis;
 pub mod retry;
 pub mod stdout;

@@ -1,5 +1,6 @@
 //! Tracing set-up and counters.
 
+pub mod consume;
 pub mod metrics;
 pub mod server;
 

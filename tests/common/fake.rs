@@ -1,7 +1,10 @@
-//! The in-repo Kinesis endpoint (`fake-kinesis`) as a child process of a test.
+//! The in-repo Kinesis endpoint (`fake-kinesis`, its own crate in the workspace) as a child
+//! process of a test.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use aws_sdk_kinesis::Client;
 
@@ -15,7 +18,7 @@ pub struct FakeKinesis {
 impl FakeKinesis {
     /// Start it on a free loopback port with extra `args`, and wait for its address line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-kinesis"))
+        let mut child = Command::new(binary())
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -54,4 +57,32 @@ impl Drop for FakeKinesis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `fake-kinesis` binary, built once per test process with the cargo and into the target dir
+/// (and profile) of the test itself: it is a workspace member the shipper's tests do not depend on,
+/// so cargo does not build it for them.
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let shipper = PathBuf::from(env!("CARGO_BIN_EXE_shipper"));
+            let profile_dir = shipper.parent().expect("the binary's directory");
+            let target_dir = profile_dir.parent().expect("the target directory");
+            let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            build
+                .args(["build", "--quiet", "-p", "fake-kinesis", "--target-dir"])
+                .arg(target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build -p fake-kinesis");
+            assert!(status.success(), "cargo build -p fake-kinesis failed");
+            profile_dir.join("fake-kinesis")
+        })
+        .clone()
 }

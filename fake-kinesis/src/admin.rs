@@ -78,3 +78,22 @@ pub async fn records(
     }
     Json(json!({ "stream": stream.name, "records": dump })).into_response()
 }
+
+/// `GET /firehose?stream=D`: the records delivery stream `D` accepted, in order, data in base64
+/// (needs `--store`).
+pub async fn firehose_records(
+    State(server): State<Arc<Server>>,
+    Query(query): Query<RecordsQuery>,
+) -> Response {
+    match server.firehose.records(&query.stream) {
+        Some(records) => {
+            let records: Vec<String> = records.iter().map(|data| BASE64.encode(data)).collect();
+            Json(json!({ "delivery_stream": query.stream, "records": records })).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no delivery stream {}", query.stream),
+        )
+            .into_response(),
+    }
+}

@@ -253,6 +253,7 @@ impl Stream {
 /// The whole endpoint's state.
 pub struct Server {
     pub streams: RwLock<HashMap<String, Arc<Stream>>>,
+    pub firehose: crate::firehose::DeliveryStreams,
     pub stats: Stats,
     pub faults: RwLock<Faults>,
     pub store: bool,
@@ -277,6 +278,7 @@ impl Server {
     pub fn new(settings: ServerSettings) -> Self {
         Self {
             streams: RwLock::default(),
+            firehose: crate::firehose::DeliveryStreams::default(),
             stats: Stats::default(),
             faults: RwLock::new(settings.faults),
             store: settings.store,

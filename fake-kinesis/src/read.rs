@@ -11,6 +11,8 @@ use shipper::shard_map::parse_hash_key;
 use crate::api::{ApiError, StreamSelector, body, find_stream, parse, stream_not_found};
 use crate::put::format_sequence_number;
 use crate::state::{ACCOUNT_ID, Server, Shard, Stream, lock};
+use crate::stats::Faults;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Most records GetRecords returns in one call (GetRecords API reference).
 const MAX_GET_RECORDS: usize = 10_000;
@@ -310,8 +312,24 @@ struct GetRecordsInput {
     limit: Option<usize>,
 }
 
-pub fn get_records(server: &Server, body_bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub fn get_records(
+    server: &Server,
+    faults: &Faults,
+    body_bytes: &[u8],
+) -> Result<Vec<u8>, ApiError> {
     let input: GetRecordsInput = parse(body_bytes)?;
+    server.stats.get_records_calls.fetch_add(1, Relaxed);
+    if faults.expire_iterators > 0.0 && rand::random_bool(faults.expire_iterators) {
+        server
+            .stats
+            .expired_iterators_injected
+            .fetch_add(1, Relaxed);
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "ExpiredIteratorException",
+            "Iterator expired (injected).",
+        ));
+    }
     let parts = decode_token(&input.shard_iterator, "ShardIterator")?;
     let [stream_name, shard_id, position] = parts.as_slice() else {
         return Err(ApiError::invalid("Invalid ShardIterator."));
@@ -348,7 +366,14 @@ pub fn get_records(server: &Server, body_bytes: &[u8]) -> Result<Vec<u8>, ApiErr
         position += 1;
     }
     let caught_up = position == stored.len();
-    let mut output = json!({ "Records": records, "MillisBehindLatest": 0 });
+    // How far the last record returned is behind the newest one, by arrival time.
+    let behind_ms = match (stored.get(position.saturating_sub(1)), stored.last()) {
+        (Some(read), Some(newest)) if !caught_up => {
+            ((newest.arrival_seconds - read.arrival_seconds) * 1000.0).max(0.0) as u64
+        }
+        _ => 0,
+    };
+    let mut output = json!({ "Records": records, "MillisBehindLatest": behind_ms });
     if caught_up && shard.ending_sequence_number().is_some() {
         // A closed shard read to its end: no next iterator, and the children to go on with.
         let children: Vec<Value> = topology

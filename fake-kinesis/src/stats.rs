@@ -18,6 +18,12 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Enforce the per-shard write limits.
     pub shard_limits: bool,
+    /// Probability that one Firehose PutRecordBatch entry fails (ServiceUnavailableException).
+    pub fail_firehose_records: f64,
+    /// Probability that a whole PutRecordBatch call answers HTTP 503.
+    pub fail_firehose_http: f64,
+    /// Probability that a GetRecords call answers ExpiredIteratorException.
+    pub expire_iterators: f64,
 }
 
 /// A partial update of [`Faults`]; absent fields keep their value.
@@ -28,13 +34,22 @@ pub struct FaultsUpdate {
     pub fail_http: Option<f64>,
     pub latency_ms: Option<u64>,
     pub shard_limits: Option<bool>,
+    pub fail_firehose_records: Option<f64>,
+    pub fail_firehose_http: Option<f64>,
+    pub expire_iterators: Option<f64>,
 }
 
 impl Faults {
     pub fn apply(&mut self, update: FaultsUpdate) -> Result<(), String> {
-        for probability in [update.fail_records, update.fail_http]
-            .into_iter()
-            .flatten()
+        for probability in [
+            update.fail_records,
+            update.fail_http,
+            update.fail_firehose_records,
+            update.fail_firehose_http,
+            update.expire_iterators,
+        ]
+        .into_iter()
+        .flatten()
         {
             if !(0.0..=1.0).contains(&probability) {
                 return Err(format!("probability {probability} is outside 0..=1"));
@@ -44,6 +59,11 @@ impl Faults {
         self.fail_http = update.fail_http.unwrap_or(self.fail_http);
         self.latency_ms = update.latency_ms.unwrap_or(self.latency_ms);
         self.shard_limits = update.shard_limits.unwrap_or(self.shard_limits);
+        self.fail_firehose_records = update
+            .fail_firehose_records
+            .unwrap_or(self.fail_firehose_records);
+        self.fail_firehose_http = update.fail_firehose_http.unwrap_or(self.fail_firehose_http);
+        self.expire_iterators = update.expire_iterators.unwrap_or(self.expire_iterators);
         Ok(())
     }
 }
@@ -74,6 +94,13 @@ pub struct Stats {
     pub misaligned_user_records: AtomicU64,
     /// User records whose data was seen before (only with `--track-duplicates`).
     pub duplicate_user_records: AtomicU64,
+    pub get_records_calls: AtomicU64,
+    /// GetRecords calls answered ExpiredIteratorException by injection.
+    pub expired_iterators_injected: AtomicU64,
+    pub firehose_calls: AtomicU64,
+    /// Firehose records accepted (each a PutRecordBatch entry).
+    pub firehose_records_accepted: AtomicU64,
+    pub firehose_bytes_accepted: AtomicU64,
 }
 
 impl Stats {
@@ -94,6 +121,11 @@ impl Stats {
             "decode_errors": get(&self.decode_errors),
             "misaligned_user_records": get(&self.misaligned_user_records),
             "duplicate_user_records": get(&self.duplicate_user_records),
+            "get_records_calls": get(&self.get_records_calls),
+            "expired_iterators_injected": get(&self.expired_iterators_injected),
+            "firehose_calls": get(&self.firehose_calls),
+            "firehose_records_accepted": get(&self.firehose_records_accepted),
+            "firehose_bytes_accepted": get(&self.firehose_bytes_accepted),
         })
     }
 
@@ -113,6 +145,11 @@ impl Stats {
             &self.decode_errors,
             &self.misaligned_user_records,
             &self.duplicate_user_records,
+            &self.get_records_calls,
+            &self.expired_iterators_injected,
+            &self.firehose_calls,
+            &self.firehose_records_accepted,
+            &self.firehose_bytes_accepted,
         ] {
             counter.store(0, Relaxed);
         }

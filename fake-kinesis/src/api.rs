@@ -150,6 +150,10 @@ pub async fn handle(
         .unwrap_or_default();
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
     let result = match operation {
+        _ if target.starts_with(crate::firehose::TARGET_PREFIX) => {
+            let operation = &target[crate::firehose::TARGET_PREFIX.len()..];
+            crate::firehose::handle(&server, &faults, operation, &body)
+        }
         "PutRecords" => put::put_records(&server, &faults, &body),
         "PutRecord" => put::put_record(&server, &faults, &body),
         "CreateStream" => read::create_stream(&server, &body),
@@ -160,7 +164,7 @@ pub async fn handle(
         "SplitShard" => read::split_shard(&server, &body),
         "MergeShards" => read::merge_shards(&server, &body),
         "GetShardIterator" => read::get_shard_iterator(&server, &body),
-        "GetRecords" => read::get_records(&server, &body),
+        "GetRecords" => read::get_records(&server, &faults, &body),
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

@@ -4,26 +4,20 @@
 //! Speaks the awsJson1_1 protocol that aws-sdk-kinesis uses (`POST /` with
 //! `X-Amz-Target: Kinesis_20131202.<Operation>`): CreateStream, DeleteStream,
 //! DescribeStreamSummary, DescribeStream, ListShards, SplitShard, MergeShards, PutRecords,
-//! PutRecord, GetShardIterator, GetRecords. It counts accepted user records after
+//! PutRecord, GetShardIterator, GetRecords; and Firehose's PutRecordBatch (Direct PUT). It counts accepted user records after
 //! decompressing and de-aggregating each Kinesis record, can enforce the per-shard write
 //! limits, and injects per-entry failures, HTTP 500s and latency. Admin endpoints:
 //! `GET /stats`, `POST /stats/reset`, `GET|POST /faults`, `GET /records?stream=S`.
 //!
 //! The first line on stdout is `listening on ADDR`, so a test can bind port 0 and read it.
 
-#[path = "fake_kinesis/admin.rs"]
 mod admin;
-#[path = "fake_kinesis/api.rs"]
 mod api;
-#[path = "fake_kinesis/payload.rs"]
+mod firehose;
 mod payload;
-#[path = "fake_kinesis/put.rs"]
 mod put;
-#[path = "fake_kinesis/read.rs"]
 mod read;
-#[path = "fake_kinesis/state.rs"]
 mod state;
-#[path = "fake_kinesis/stats.rs"]
 mod stats;
 
 use std::io::Write;
@@ -80,6 +74,18 @@ struct Args {
     /// Per-request limit, data + partition keys.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// A Firehose delivery stream created at start (repeatable).
+    #[arg(long = "delivery-stream", value_name = "NAME")]
+    delivery_streams: Vec<String>,
+    /// Probability that one Firehose PutRecordBatch entry fails with ServiceUnavailableException.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    fail_firehose_records: f64,
+    /// Probability that a whole PutRecordBatch call answers HTTP 503.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    fail_firehose_http: f64,
+    /// Probability that a GetRecords call answers ExpiredIteratorException.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    expire_iterators: f64,
     /// Worker threads (default: one per available core).
     #[arg(long)]
     threads: Option<usize>,
@@ -121,6 +127,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             fail_http: args.fail_http,
             latency_ms: args.latency_ms,
             shard_limits: args.shard_limits,
+            fail_firehose_records: args.fail_firehose_records,
+            fail_firehose_http: args.fail_firehose_http,
+            expire_iterators: args.expire_iterators,
         },
         store: args.store,
         track_duplicates: args.track_duplicates,
@@ -128,6 +137,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
     }));
     server.create_stream(&args.stream, usize::from(args.shards));
+    for name in &args.delivery_streams {
+        server.firehose.create(name);
+    }
 
     // Base64 grows data by 4/3; JSON framing and keys add a little more.
     let body_limit = args.max_request_bytes.saturating_mul(2).max(1 << 20);
@@ -137,6 +149,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .route("/stats/reset", post(admin::reset))
         .route("/faults", get(admin::faults).post(admin::set_faults))
         .route("/records", get(admin::records))
+        .route("/firehose", get(admin::firehose_records))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(server);
 
