@@ -56,11 +56,19 @@ GOOD
 }
 self_test
 
+# The repository's files (tracked or new, not ignored); without git (an exported copy), every file.
+list_files() {
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files --cached --others --exclude-standard -- src tests scripts localstack .ci Makefile
+    else
+        find src tests scripts localstack .ci Makefile -type f 2>/dev/null
+    fi
+}
 mapfile -t files < <(
-    git ls-files --cached --others --exclude-standard -- src tests scripts localstack .ci Makefile |
-        grep -vE '^tests/fixtures/|^scripts/check-repo-paths\.sh$' |
+    list_files | grep -vE '^tests/fixtures/|^scripts/check-repo-paths\.sh$|__pycache__' |
         while IFS= read -r file; do [[ -f "$file" ]] && printf '%s\n' "$file"; done
 )
+((${#files[@]})) || { echo "check-repo-paths: found no files to check in $root" >&2; exit 1; }
 found="$(offending "${files[@]}")"
 if [[ -n "$found" ]]; then
     echo "check-repo-paths: these lines read outside the repository (a fresh clone has nothing beside it):" >&2
