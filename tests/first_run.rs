@@ -109,8 +109,20 @@ impl Running {
         assert!(status.success());
         self.child.wait().expect("wait for the shipper");
         // The reader thread ends at EOF, once the process is gone.
-        self.seen.extend(self.stderr.iter());
-        self.seen
+        let rest: Vec<String> = self.stderr.iter().collect();
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(rest);
+        seen
+    }
+}
+
+/// A failed assertion must not leave the shipper running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
