@@ -10,31 +10,11 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
     PutRecordsRequestEntry, ShardFilter, ShardFilterType, ShardIteratorType,
 };
-use serde_json::Value;
 use shipper::aggregate::{self, Aggregator, Finished};
 use shipper::compress::{self, Compression};
 use shipper::shard_map::{ShardMap, ShardRange};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::fake::FakeKinesis;
-
-impl FakeKinesis {
-    /// One admin call over plain HTTP/1.1.
-    async fn admin(&self, method: &str, path: &str, body: &str) -> Value {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        serde_json::from_str(body).unwrap()
-    }
-}
 
 fn entry(key: &str, data: &[u8]) -> PutRecordsRequestEntry {
     PutRecordsRequestEntry::builder()
@@ -163,12 +143,12 @@ async fn sdk_puts_and_reads_back_plain_and_aggregated_records() {
     expected.sort();
     assert_eq!(user_records, expected);
 
-    let stats = fake.admin("GET", "/stats", "").await;
+    let stats = fake.admin("GET", "/stats", "");
     assert_eq!(stats["kinesis_records_accepted"], 11);
     assert_eq!(stats["user_records_accepted"], 15);
     assert_eq!(stats["misaligned_user_records"], 0);
     assert_eq!(stats["decode_errors"], 0);
-    let dump = fake.admin("GET", "/records?stream=logs", "").await;
+    let dump = fake.admin("GET", "/records?stream=logs", "");
     assert_eq!(dump["records"].as_array().unwrap().len(), 11);
 }
 
@@ -184,8 +164,7 @@ async fn sdk_parses_entry_failures_and_request_errors() {
             .send()
     };
 
-    fake.admin("POST", "/faults", r#"{"fail_records": 1.0}"#)
-        .await;
+    fake.admin("POST", "/faults", r#"{"fail_records": 1.0}"#);
     let output = put(vec![entry("a", b"1"), entry("b", b"2")], "logs")
         .await
         .unwrap();
@@ -204,12 +183,11 @@ async fn sdk_parses_entry_failures_and_request_errors() {
         "POST",
         "/faults",
         r#"{"fail_records": 0.0, "fail_http": 1.0}"#,
-    )
-    .await;
+    );
     let error = put(vec![entry("a", b"1")], "logs").await.unwrap_err();
     assert_eq!(error.code(), Some("InternalFailure"));
     assert_eq!(error.raw_response().map(|r| r.status().as_u16()), Some(500));
-    fake.admin("POST", "/faults", r#"{"fail_http": 0.0}"#).await;
+    fake.admin("POST", "/faults", r#"{"fail_http": 0.0}"#);
 
     let error = put(vec![entry("a", b"1")], "missing").await.unwrap_err();
     assert!(error.into_service_error().is_resource_not_found_exception());
@@ -227,7 +205,7 @@ async fn sdk_parses_entry_failures_and_request_errors() {
     let error = put(oversized, "logs").await.unwrap_err();
     assert!(error.into_service_error().is_invalid_argument_exception());
 
-    let stats = fake.admin("GET", "/stats", "").await;
+    let stats = fake.admin("GET", "/stats", "");
     assert_eq!(stats["failed_entries_injected"], 2);
     assert_eq!(stats["http_5xx_injected"], 1);
     assert_eq!(stats["user_records_accepted"], 0);
@@ -244,8 +222,7 @@ async fn shard_limits_throttle_entries_and_resharding_keeps_routing() {
         .send()
         .await
         .unwrap();
-    fake.admin("POST", "/faults", r#"{"shard_limits": true}"#)
-        .await;
+    fake.admin("POST", "/faults", r#"{"shard_limits": true}"#);
 
     // 500 x 10 KiB is about 5 MiB offered to a 1 MiB/s shard in one call, which spans at
     // most two one-second windows: at most 2 MiB can pass.
@@ -265,10 +242,9 @@ async fn shard_limits_throttle_entries_and_resharding_keeps_routing() {
         .count();
     assert!(throttled >= 500 - 2 * 102, "throttled {throttled}");
     assert_eq!(output.failed_record_count(), Some(throttled as i32));
-    let stats = fake.admin("GET", "/stats", "").await;
+    let stats = fake.admin("GET", "/stats", "");
     assert_eq!(stats["throttled"], throttled);
-    fake.admin("POST", "/faults", r#"{"shard_limits": false}"#)
-        .await;
+    fake.admin("POST", "/faults", r#"{"shard_limits": false}"#);
 
     let before = shard_map(&client, "one").await;
     let shard = before.shards()[0].shard_id.clone();

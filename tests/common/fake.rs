@@ -74,6 +74,14 @@ pub fn binary() -> PathBuf {
                 .args(["build", "--quiet", "-p", "fake-kinesis", "--target-dir"])
                 .arg(target_dir)
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // The variables cargo set for this test describe the shipper's test build; left in,
+            // some build scripts see them change and rebuild their crates for both builds.
+            for (name, _) in std::env::vars() {
+                if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR"
+                {
+                    build.env_remove(name);
+                }
+            }
             if profile_dir
                 .file_name()
                 .is_some_and(|name| name == "release")
@@ -85,4 +93,26 @@ pub fn binary() -> PathBuf {
             profile_dir.join("fake-kinesis")
         })
         .clone()
+}
+
+impl FakeKinesis {
+    /// `METHOD path` on the admin API (`/stats`, `/faults`, `/records?stream=S`), as JSON.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.addr).expect("connect to the fake");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send an admin request");
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .expect("read the admin answer");
+        let response = String::from_utf8(response).expect("a UTF-8 answer");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+        serde_json::from_str(body).expect("a JSON body")
+    }
 }

@@ -316,6 +316,21 @@ impl Shipper {
         }
     }
 
+    /// Wait until `count` log lines contain `needle`.
+    pub fn wait_log_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log.iter().filter(|l| l.contains(needle)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log_rx.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {count} log lines containing {needle:?} within {timeout:?}; log: {:#?}",
+                    self.log
+                ),
+            }
+        }
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])

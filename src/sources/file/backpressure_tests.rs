@@ -393,3 +393,66 @@ fn run_opens_rotated_files_within_the_wait_while_the_pipeline_is_full() {
     let gate = thread.join().unwrap();
     assert_everything_in_order(&gate, &writer);
 }
+
+#[test]
+fn the_opener_opens_each_new_file_as_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = Writer::new(dir.path());
+    let pattern = dir.path().join("app.log").to_string_lossy().into_owned();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(7));
+    let opener = opener::Opener::spawn(vec![pattern], Arc::clone(&seq)).expect("a watcher");
+    let next = || {
+        opener
+            .files
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an opened file")
+    };
+    writer.write(3);
+    let first = next();
+    writer.rotate(Rotation::Rename);
+    let second = next();
+    assert_eq!((first.seq, second.seq), (7, 8));
+    assert_eq!(first.path, dir.path().join("app.log"));
+    assert_ne!(first.id, second.id);
+    // The descriptor still reads the first generation under its new name.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut &first.file, &mut text).unwrap();
+    assert_eq!(text, "line 0\nline 1\nline 2\n");
+}
+
+#[test]
+fn a_file_the_opener_held_is_read_before_the_one_that_replaced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = Writer::new(dir.path());
+    writer.write(5);
+    let (mut source, _registry) = source(dir.path(), 256);
+    let mut gate = Gate::default();
+    gate.open.store(true, Ordering::SeqCst);
+    let now = Instant::now();
+    drain(&mut source, &mut gate, now);
+    // A generation appears, is opened by the opener, and is rotated away (then deleted) before
+    // any pass of the source looks; the next generation has the path by then.
+    writer.rotate(Rotation::Rename);
+    writer.write(5);
+    let path = dir.path().join("app.log");
+    let file = discover::open(&path).unwrap();
+    let id = discover::file_id(&file.metadata().unwrap());
+    let seq = source.next_seq.fetch_add(1, Ordering::Relaxed);
+    writer.rotate(Rotation::DeleteRecreate);
+    writer.write(5);
+    source.preopened.insert(
+        id,
+        opener::Opened {
+            path,
+            file,
+            id,
+            seq,
+        },
+    );
+    source.request_rescan();
+    for step in 0..3 {
+        drain(&mut source, &mut gate, now + Duration::from_secs(step * 6));
+    }
+    assert_everything_in_order(&gate, &writer);
+    assert_eq!(source.stats().files_opened, 3);
+}

@@ -144,8 +144,28 @@ fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
 }
 
-/// Every path the patterns match now, sorted and deduplicated. Literal paths are included when
-/// an entry exists at them (a dangling symlink is reported by the caller's stat).
+/// What one pattern matches now, and the errors met on the way (a directory that could not be
+/// read). A literal path matches when an entry exists at it (a dangling symlink is reported by
+/// the caller's stat).
+fn expand_pattern(
+    pattern: &str,
+) -> Result<(Vec<PathBuf>, Vec<glob::GlobError>), glob::PatternError> {
+    if !is_glob(pattern) {
+        let path = PathBuf::from(pattern);
+        let exists = fs::symlink_metadata(&path).is_ok();
+        return Ok((if exists { vec![path] } else { Vec::new() }, Vec::new()));
+    }
+    let (mut paths, mut errors) = (Vec::new(), Vec::new());
+    for entry in glob::glob(pattern)? {
+        match entry {
+            Ok(path) => paths.push(path),
+            Err(error) => errors.push(error),
+        }
+    }
+    Ok((paths, errors))
+}
+
+/// Every path the patterns match now, sorted and deduplicated; problems are noted.
 pub(super) fn expand(
     include: &[String],
     problems: &mut Problems,
@@ -153,33 +173,10 @@ pub(super) fn expand(
 ) -> Vec<PathBuf> {
     let mut paths = Vec::new();
     for pattern in include {
-        let first = paths.len();
-        if !is_glob(pattern) {
-            let path = PathBuf::from(pattern);
-            if fs::symlink_metadata(&path).is_ok() {
-                paths.push(path);
-            }
-            problems.note_matches(pattern, &paths[first..]);
-            continue;
-        }
-        let entries = match glob::glob(pattern) {
-            Ok(entries) => entries,
-            Err(error) => {
-                let io_error = io::Error::new(io::ErrorKind::InvalidInput, error.to_string());
-                problems.note(
-                    Path::new(pattern),
-                    Problem::Other(io::ErrorKind::InvalidInput),
-                    Some(&io_error),
-                    stats,
-                );
-                continue;
-            }
-        };
-        for entry in entries {
-            match entry {
-                Ok(path) => paths.push(path),
-                // A directory on the way could not be read.
-                Err(error) => {
+        match expand_pattern(pattern) {
+            Ok((matched, errors)) => {
+                for error in errors {
+                    // A directory on the way could not be read.
                     let path = error.path().to_path_buf();
                     let io_error: io::Error = error.into();
                     problems.note(
@@ -189,10 +186,32 @@ pub(super) fn expand(
                         stats,
                     );
                 }
+                problems.note_matches(pattern, &matched);
+                paths.extend(matched);
+            }
+            Err(error) => {
+                let io_error = io::Error::new(io::ErrorKind::InvalidInput, error.to_string());
+                problems.note(
+                    Path::new(pattern),
+                    Problem::Other(io::ErrorKind::InvalidInput),
+                    Some(&io_error),
+                    stats,
+                );
             }
         }
-        problems.note_matches(pattern, &paths[first..]);
     }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The same paths as [`expand`], noting nothing (for the opener thread; the source reports).
+pub(super) fn expand_quietly(include: &[String]) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = include
+        .iter()
+        .filter_map(|pattern| expand_pattern(pattern).ok())
+        .flat_map(|(matched, _)| matched)
+        .collect();
     paths.sort();
     paths.dedup();
     paths

@@ -21,6 +21,7 @@
 
 mod discover;
 mod fingerprint;
+mod opener;
 mod reader;
 mod rescan;
 mod tracked;
@@ -36,6 +37,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -281,8 +283,12 @@ pub struct FileSource {
     started: bool,
     /// Bumped when the set of open files changes, so `run` knows to update its watches.
     layout_version: u64,
-    /// The next file's place in the reading order.
-    next_seq: u64,
+    /// The next file's place in the reading order, shared with the opener.
+    next_seq: Arc<AtomicU64>,
+    /// The thread that opens new files as they appear (while `run` runs), and the files it
+    /// opened that no pass has adopted yet.
+    opener: Option<opener::Opener>,
+    preopened: HashMap<FileId, opener::Opened>,
     stats: FileSourceStats,
 }
 
@@ -309,7 +315,9 @@ impl FileSource {
             rescan_requested: false,
             started: false,
             layout_version: 0,
-            next_seq: 0,
+            next_seq: Arc::default(),
+            opener: None,
+            preopened: HashMap::new(),
             stats: FileSourceStats::default(),
         }
     }
@@ -327,6 +335,7 @@ impl FileSource {
     /// One pass without blocking: rescan the globs if due, check identity and truncation of the
     /// open files, read what is new from each, emit lines, fire timers. Deterministic given `now`.
     pub fn poll(&mut self, now: Instant, sink: &mut dyn LineSink) -> Result<PollOutcome, Closed> {
+        self.take_preopened();
         let rescan_due = self.rescan_requested || self.next_rescan.is_none_or(|at| now >= at);
         if rescan_due {
             self.rescan_requested = false;
@@ -400,6 +409,8 @@ impl FileSource {
         // The patterns' directories are watched before the first scan, so nothing created
         // while that scan runs goes unnoticed until the next periodic rescan.
         wakeup.watch(self.watch_dirs());
+        self.opener =
+            opener::Opener::spawn(self.config.include.clone(), Arc::clone(&self.next_seq));
         let mut watched_version = None;
         while !cancel.is_cancelled() {
             let now = Instant::now();
@@ -414,6 +425,11 @@ impl FileSource {
                 return;
             };
             if outcome.bytes_read > 0 && ready {
+                // Busy reading: still look at the watcher between passes, so a file that lives
+                // for milliseconds (a fast rotation) is opened before it is renamed or deleted.
+                if wakeup.layout_changed() {
+                    self.request_rescan();
+                }
                 continue;
             }
             let Ok(downstream) = sink.idle(now) else {
@@ -444,6 +460,19 @@ impl FileSource {
                 .min(CANCEL_CHECK);
             if wakeup.wait(timeout) == watch::Wake::Layout {
                 self.request_rescan();
+            }
+        }
+    }
+
+    /// Files the opener opened since the last pass: the rescan places them.
+    fn take_preopened(&mut self) {
+        let Some(opener) = &self.opener else {
+            return;
+        };
+        for opened in opener.files.try_iter() {
+            if !self.files.contains_key(&opened.id) {
+                self.preopened.insert(opened.id, opened);
+                self.rescan_requested = true;
             }
         }
     }

@@ -11,12 +11,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::discover::{self, Problem};
 use super::fingerprint::{self, Check};
+use super::opener::Opened;
 use super::tracked::TrackedFile;
 use super::{Closed, FileSource, LineSink, LossReason, ReadFrom};
 use crate::ack::{FileCheckpoint, FileId, FileProgress};
@@ -27,6 +29,9 @@ pub(super) enum Start {
     Matched { first_scan: bool },
     /// Found by its checkpoint under another name, after a rotation while the shipper was down.
     Renamed(FileCheckpoint),
+    /// Opened by the opener at this path, which no longer names it: rotated away before a pass
+    /// could look. Read from the start.
+    Rotated,
 }
 
 impl FileSource {
@@ -62,7 +67,18 @@ impl FileSource {
         }
         for (path, id) in found {
             if !self.files.contains_key(&id) {
-                self.open(&path, Start::Matched { first_scan }, now, sink)?;
+                let preopened = self.preopened.remove(&id);
+                self.open(&path, Start::Matched { first_scan }, now, sink, preopened)?;
+            }
+        }
+        // Opened by the opener, and no matched path names them any more: older generations than
+        // whatever has their path now, so first in the reading order (their numbers are lower).
+        let mut rotated: Vec<Opened> = self.preopened.drain().map(|(_, o)| o).collect();
+        rotated.sort_by_key(|o| o.seq);
+        for opened in rotated {
+            if !self.files.contains_key(&opened.id) {
+                let path = opened.path.clone();
+                self.open(&path, Start::Rotated, now, sink, Some(opened))?;
             }
         }
         self.stats.peak_open_files = self.stats.peak_open_files.max(self.files.len() as u64);
@@ -130,7 +146,7 @@ impl FileSource {
         // Oldest generation first.
         renamed.sort_by_key(|a| a.0);
         for (_, path, checkpoint) in renamed {
-            self.open(&path, Start::Renamed(checkpoint), now, sink)?;
+            self.open(&path, Start::Renamed(checkpoint), now, sink, None)?;
         }
         Ok(())
     }
@@ -162,18 +178,23 @@ impl FileSource {
         }
     }
 
-    /// Open `path`, decide where to start it, and track it.
+    /// Open `path` (or adopt the opener's handle for it), decide where to start it, and track it.
     pub(super) fn open(
         &mut self,
         path: &Path,
         start: Start,
         now: Instant,
         sink: &mut dyn LineSink,
+        preopened: Option<Opened>,
     ) -> Result<(), Closed> {
         if !self.make_room(path, sink)? {
             return Ok(());
         }
-        let file = match discover::open(path) {
+        let (opened, seq) = match preopened {
+            Some(opened) => (Ok(opened.file), Some(opened.seq)),
+            None => (discover::open(path), None),
+        };
+        let file = match opened {
             Ok(file) => file,
             Err(error) => {
                 let problem = Problem::from_error(&error);
@@ -212,6 +233,7 @@ impl FileSource {
             }
         };
         let (checkpoint, attached, first_scan, origin) = match start {
+            Start::Rotated => (None, false, false, path.to_path_buf()),
             Start::Matched { first_scan } => (
                 self.pending_checkpoints.remove(&id),
                 true,
@@ -248,8 +270,7 @@ impl FileSource {
             None => (0, "reading from the start"),
         };
         let progress = FileProgress::new(id, path.to_path_buf(), fingerprint, offset);
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = seq.unwrap_or_else(|| self.next_seq.fetch_add(1, Ordering::Relaxed));
         let mut tracked = match TrackedFile::new(
             progress.clone(),
             seq,

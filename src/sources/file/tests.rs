@@ -529,7 +529,13 @@ fn file_vanishing_between_stat_and_open_is_counted_not_fatal() {
     let mut sink = Collect::default();
     for _ in 0..2 {
         source
-            .open(&path, Start::Matched { first_scan: false }, now, &mut sink)
+            .open(
+                &path,
+                Start::Matched { first_scan: false },
+                now,
+                &mut sink,
+                None,
+            )
             .unwrap();
     }
     assert_eq!(source.stats().vanished, 1);

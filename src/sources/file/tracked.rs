@@ -200,7 +200,9 @@ impl TrackedFile {
             self.last_data_at = now;
         }
         let mut next = None;
-        if self.reader.has_pending() {
+        // A line without its newline is only final once the file's end was reached and stayed
+        // quiet: while reading is paused (or the budget ran out) the rest may be right behind it.
+        if self.reader.has_pending() && at_end {
             let due = self.last_data_at + config.partial_line_timeout;
             if now >= due {
                 self.emitter(sink, stats).flush()?;

@@ -84,6 +84,16 @@ impl Wakeup {
         self.watched = watched;
     }
 
+    /// Whether files were created, removed or renamed since the last look, without waiting
+    /// (between reads, while data keeps coming).
+    pub(super) fn layout_changed(&mut self) -> bool {
+        let mut layout = false;
+        while let Ok(wake) = self.events.try_recv() {
+            layout |= wake == Wake::Layout;
+        }
+        layout
+    }
+
     /// Wait up to `timeout` for an event; drain the others so a burst wakes once.
     pub(super) fn wait(&mut self, timeout: Duration) -> Wake {
         let first = match self.events.recv_timeout(timeout) {
