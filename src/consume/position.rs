@@ -48,6 +48,35 @@ pub struct Position {
     pub sub_sequence: u64,
 }
 
+/// Drops the user records a resumed shard already forwarded: reading restarts at the checkpoint's
+/// sequence number (AT_SEQUENCE_NUMBER), and every user record at or before its sub-sequence
+/// number is dropped, so a half-forwarded aggregate is not sent twice.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeFilter {
+    through: Option<Position>,
+}
+
+impl ResumeFilter {
+    pub fn new(checkpoint: Option<Position>) -> ResumeFilter {
+        ResumeFilter {
+            through: checkpoint,
+        }
+    }
+
+    /// Whether the user record at `position` is still to be forwarded.
+    pub fn keep(&mut self, position: &Position) -> bool {
+        match &self.through {
+            Some(through) if position <= through => false,
+            Some(_) => {
+                // Positions only grow from here: stop comparing.
+                self.through = None;
+                true
+            }
+            None => true,
+        }
+    }
+}
+
 /// One shard's entry in the checkpoint file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +168,33 @@ mod tests {
         };
         assert!(position("10", 5) < position("11", 0));
         assert!(position("10", 5) < position("10", 6));
+    }
+
+    #[test]
+    fn a_resumed_aggregate_skips_what_was_forwarded() {
+        let at = |s: &str, sub| Position {
+            sequence: SequenceNumber::new(s),
+            sub_sequence: sub,
+        };
+        // Checkpoint inside an aggregate: sub-sequences 0..=2 of record 500 were forwarded.
+        let mut filter = ResumeFilter::new(Some(at("500", 2)));
+        let kept: Vec<Position> = [
+            at("500", 0),
+            at("500", 1),
+            at("500", 2),
+            at("500", 3),
+            at("500", 4),
+            at("501", 0),
+        ]
+        .into_iter()
+        .filter(|p| filter.keep(p))
+        .collect();
+        assert_eq!(kept, [at("500", 3), at("500", 4), at("501", 0)]);
+        // A plain record checkpointed whole is dropped entirely; no checkpoint keeps everything.
+        let mut filter = ResumeFilter::new(Some(at("700", 0)));
+        assert!(!filter.keep(&at("700", 0)));
+        assert!(filter.keep(&at("701", 0)));
+        assert!(ResumeFilter::new(None).keep(&at("1", 0)));
     }
 
     #[test]

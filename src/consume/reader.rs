@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use super::dead_letters::DeadLetters;
 use super::dedupe::Dedupe;
 use super::forward::{Batch, Packer};
-use super::position::{Position, SequenceNumber};
+use super::position::{Position, ResumeFilter, SequenceNumber};
 use super::progress::Progress;
 use super::settings::Delimiter;
 use super::unpack;
@@ -83,10 +83,10 @@ pub async fn read_shard(
     hard_stop: CancellationToken,
 ) {
     let mut reader = Reader {
-        skip_through: match &start {
+        resume: ResumeFilter::new(match &start {
             Start::Resume(position) => Some(position.clone()),
             _ => None,
-        },
+        }),
         packer: Packer::new(context.delimiter, Arc::clone(&progress)),
         dedupe: Dedupe::new(context.dedupe_window),
         max_user_bytes: Packer::max_user_bytes(context.delimiter),
@@ -106,7 +106,7 @@ pub async fn read_shard(
 struct Reader {
     context: Arc<Context>,
     shard_id: Arc<str>,
-    skip_through: Option<Position>,
+    resume: ResumeFilter,
     packer: Packer,
     dedupe: Dedupe,
     max_user_bytes: usize,
@@ -262,12 +262,9 @@ impl Reader {
                 sequence: sequence.clone(),
                 sub_sequence: sub_sequence as u64,
             };
-            if let Some(through) = &self.skip_through {
-                if position <= *through {
-                    ConsumeMetrics::add(&self.context.metrics.resumed_records_skipped_total, 1);
-                    continue;
-                }
-                self.skip_through = None;
+            if !self.resume.keep(&position) {
+                ConsumeMetrics::add(&self.context.metrics.resumed_records_skipped_total, 1);
+                continue;
             }
             match user {
                 Ok(user) => {
