@@ -82,14 +82,6 @@ pub fn binary() -> PathBuf {
                     build.env_remove(name);
                 }
             }
-            // The variables cargo set for this test describe the shipper's test build; left in,
-            // some build scripts see them change and rebuild their crates for both builds.
-            for (name, _) in std::env::vars() {
-                if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR"
-                {
-                    build.env_remove(name);
-                }
-            }
             if profile_dir
                 .file_name()
                 .is_some_and(|name| name == "release")
