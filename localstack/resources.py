@@ -6,6 +6,7 @@ Run it with the LocalStack venv's python (it has boto3):
     .localstack/venv/bin/python localstack/resources.py stream demo-logs --shards 2
     .localstack/venv/bin/python localstack/resources.py firehose demo-archive --bucket demo-archive
     .localstack/venv/bin/python localstack/resources.py delete-stream demo-logs
+    .localstack/venv/bin/python localstack/resources.py cat-bucket demo-archive
 
 Endpoint, region and credentials default to LocalStack's (http://127.0.0.1:$LOCALSTACK_PORT,
 us-east-1, test/test); --endpoint-url and --region override them.
@@ -143,6 +144,36 @@ def cmd_firehose(args) -> None:
     wait_for(f"delivery stream {args.name} to become ACTIVE", active, args.timeout)
 
 
+def cmd_cat_bucket(args) -> None:
+    """Every object of the bucket, in key order, written to stdout as they are."""
+    s3 = client(args, "s3")
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args.name):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    for key in sorted(keys):
+        sys.stdout.buffer.write(s3.get_object(Bucket=args.name, Key=key)["Body"].read())
+    sys.stdout.buffer.flush()
+
+
+def cmd_delete_firehose(args) -> None:
+    """Delete a delivery stream and its bucket (with the objects in it), if they exist."""
+    firehose = client(args, "firehose")
+    try:
+        firehose.delete_delivery_stream(DeliveryStreamName=args.name)
+    except ClientError as err:
+        if error_code(err) != "ResourceNotFoundException":
+            raise
+    s3 = client(args, "s3")
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args.bucket):
+            for item in page.get("Contents", []):
+                s3.delete_object(Bucket=args.bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=args.bucket)
+    except ClientError as err:
+        if error_code(err) != "NoSuchBucket":
+            raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint-url", default=default_endpoint())
@@ -159,6 +190,15 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("--bucket", required=True)
     p.set_defaults(func=cmd_firehose)
+
+    p = sub.add_parser("cat-bucket", help="print every object of a bucket, in key order")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_cat_bucket)
+
+    p = sub.add_parser("delete-firehose", help="delete a delivery stream and its bucket")
+    p.add_argument("name")
+    p.add_argument("--bucket", required=True)
+    p.set_defaults(func=cmd_delete_firehose)
 
     p = sub.add_parser("delete-stream", help="delete a Kinesis stream if it exists")
     p.add_argument("name")

@@ -519,3 +519,46 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_stream_or_delivery_stream_is_a_clear_error() {
+    let fake = FakeKinesis::start(&["--stream", STREAM, "--delivery-stream", DELIVERY]);
+    let endpoint = format!("http://{}", fake.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |stream: &str, delivery: &str| {
+        let consumer = Shipper::start(
+            &[
+                "consume",
+                "--stream",
+                stream,
+                "--delivery-stream",
+                delivery,
+                "--endpoint-url",
+                &endpoint,
+                "--firehose-endpoint-url",
+                &endpoint,
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        consumer.wait(Duration::from_secs(30))
+    };
+    let (code, log) = run("nope", DELIVERY);
+    assert_eq!(code, Some(1), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("error: cannot read stream nope: ResourceNotFoundException")),
+        "{log:#?}"
+    );
+    let (code, log) = run(STREAM, "nope");
+    assert_eq!(code, Some(1), "{log:#?}");
+    assert!(
+        log.iter().any(
+            |l| l.contains("error: cannot use delivery stream nope: ResourceNotFoundException")
+        ),
+        "{log:#?}"
+    );
+    let (code, log) = run(STREAM, "");
+    assert_eq!(code, Some(64), "{log:#?}");
+}

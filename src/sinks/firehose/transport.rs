@@ -38,15 +38,24 @@ impl SdkTransport {
         }
     }
 
-    /// Fails unless the delivery stream exists and can be described (a clear start-up error).
+    /// Fails when Firehose says the delivery stream does not exist or cannot be used (a clear
+    /// start-up error). An answer the SDK cannot read (LocalStack leaves out fields the SDK
+    /// requires, such as the S3 destination's CompressionFormat) still shows that it exists.
     pub async fn check_delivery_stream(&self) -> Result<(), SendError> {
-        self.client
+        match self
+            .client
             .describe_delivery_stream()
             .delivery_stream_name(&self.delivery_stream)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|error| SendError::from_sdk(&error))
+        {
+            Ok(_) => Ok(()),
+            Err(aws_sdk_firehose::error::SdkError::ResponseError(error)) => {
+                tracing::debug!(error = ?error, "describedeliverystream answered in a shape the sdk cannot read");
+                Ok(())
+            }
+            Err(error) => Err(SendError::from_sdk(&error)),
+        }
     }
 }
 
