@@ -562,3 +562,78 @@ async fn a_missing_stream_or_delivery_stream_is_a_clear_error() {
     let (code, log) = run(STREAM, "");
     assert_eq!(code, Some(64), "{log:#?}");
 }
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resent_ids_are_dropped_and_metrics_are_served() {
+    let fake = FakeKinesis::start(&[
+        "--stream",
+        STREAM,
+        "--shards",
+        "2",
+        "--store",
+        "--delivery-stream",
+        DELIVERY,
+    ]);
+    let client = fake.client();
+    let record = |i: usize| format!(r#"{{"id": "w1-{i}", "message": "task {i} done"}}"#);
+    // 300 records with an id, 100 of them sent again (as a producer does after a crash), and 50
+    // without an id sent twice: those are not duplicates the consumer can tell.
+    let mut entries: Vec<(String, Vec<u8>)> =
+        (0..300).map(|i| (key(i), record(i).into_bytes())).collect();
+    entries.extend((200..300).map(|i| (key(i), record(i).into_bytes())));
+    for _ in 0..2 {
+        entries.extend((0..50).map(|i| (key(i), format!("no id {i}").into_bytes())));
+    }
+    put(&client, entries).await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut consumer = consume(&fake, dir.path(), &["--metrics-addr", &metrics_addr]);
+    consumer.wait_log("consuming", Duration::from_secs(30));
+    assert_eq!(http_get(&metrics_addr, "/readyz").0, 200);
+    let lines = wait_lines(&fake, Duration::from_secs(60), |l| l.len() >= 400);
+    let (status, metrics) = http_get(&metrics_addr, "/metrics");
+    stop(consumer);
+    assert_eq!(status, 200);
+    let with_id = lines.iter().filter(|l| l.starts_with('{')).count();
+    assert_eq!(with_id, 300, "each id once");
+    assert_eq!(lines.len(), 400, "records without an id pass untouched");
+    for expected in [
+        "shipper_consume_duplicates_dropped_total 100",
+        "shipper_consume_user_records_forwarded_total 400",
+        "shipper_consume_records_read_total 500",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == expected),
+            "{expected} not in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "shipper_consume_millis_behind_latest{shard_id=\"shardId-000000000001\"}"
+        )),
+        "{metrics}"
+    );
+}
