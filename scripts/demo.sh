@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end demo: Celery-style log lines written to a file arrive in a Kinesis stream.
+# End-to-end demo: Celery-style log lines written to a file arrive in a Kinesis stream, and
+# `shipper consume` forwards them through Firehose into S3.
 #
 #   1. builds the shipper (cargo build), starts LocalStack (localstack/start.sh) unless it runs;
 #   2. creates the stream demo-logs with 2 shards (recreated, so the counts below are this run's);
@@ -7,7 +8,10 @@
 #      `shipper tail` on it from the beginning, and appends the other half while it runs;
 #   4. waits (up to DEMO_TIMEOUT, default 90 s) until the stream holds a record per line,
 #      stops the shipper with SIGTERM, and shows what arrived;
-#   5. stops LocalStack again if it started it, and removes the temporary directory.
+#   5. runs `shipper consume` from the stream into the Firehose delivery stream demo-archive
+#      (Direct PUT, to the S3 bucket demo-archive; both recreated), waits until S3 holds a line
+#      per record, stops it with SIGTERM and prints what landed in S3;
+#   6. stops LocalStack again if it started it, and removes the temporary directory.
 #
 # SHIPPER_BIN=path uses that binary instead of building target/debug/shipper.
 # Exit status: 0 when every line arrived and the shipper stopped cleanly (exit 0), 1 otherwise.
@@ -31,18 +35,22 @@ fail() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 TMP=""
 SHIPPER_PID=""
+CONSUMER_PID=""
+ARCHIVE="demo-archive"
 STARTED_LOCALSTACK=0
 KEEP_TMP=0
 
 cleanup() {
     local status=$?
     set +e
-    if [[ -n "$SHIPPER_PID" ]] && kill -0 "$SHIPPER_PID" 2>/dev/null; then
-        kill -TERM "$SHIPPER_PID" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$SHIPPER_PID" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$SHIPPER_PID" 2>/dev/null
-        wait "$SHIPPER_PID" 2>/dev/null
-    fi
+    for pid in "$SHIPPER_PID" "$CONSUMER_PID"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -KILL "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+        fi
+    done
     if ((STARTED_LOCALSTACK)); then
         step "stopping LocalStack (the demo started it)"
         "$ROOT/localstack/stop.sh"
@@ -144,7 +152,50 @@ echo "    shipper exited with status $code"
 step "what arrived in $STREAM"
 "$PY" "$ROOT/scripts/read_stream.py" "$STREAM" --endpoint-url "$ENDPOINT" --head 3 | sed 's/^/    /'
 
+step "creating the Firehose delivery stream $ARCHIVE (Direct PUT) and its S3 bucket"
+"$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" delete-firehose "$ARCHIVE" --bucket "$ARCHIVE"
+"$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" firehose "$ARCHIVE" --bucket "$ARCHIVE"
+
+step "starting: shipper consume --stream $STREAM --delivery-stream $ARCHIVE"
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION="$REGION" \
+    "$SHIPPER" consume --stream "$STREAM" --delivery-stream "$ARCHIVE" --endpoint-url "$ENDPOINT" \
+    --firehose-endpoint-url "$ENDPOINT" --region "$REGION" --data-dir "$TMP/consume" \
+    >"$TMP/consumer.log" 2>&1 &
+CONSUMER_PID=$!
+
+step "waiting up to ${TIMEOUT}s for $count lines in s3://$ARCHIVE"
+deadline=$((SECONDS + TIMEOUT))
+while :; do
+    if ! kill -0 "$CONSUMER_PID" 2>/dev/null; then
+        tail -n 30 "$TMP/consumer.log" >&2
+        fail "shipper consume exited early"
+    fi
+    landed=$("$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" cat-bucket "$ARCHIVE" | wc -l)
+    ((landed >= count)) && break
+    if ((SECONDS >= deadline)); then
+        tail -n 30 "$TMP/consumer.log" >&2
+        fail "only $landed of $count lines landed in S3 within ${TIMEOUT}s"
+    fi
+    sleep 2
+done
+
+step "stopping shipper consume (SIGTERM)"
+kill -TERM "$CONSUMER_PID"
+consumer_code=0
+wait "$CONSUMER_PID" || consumer_code=$?
+CONSUMER_PID=""
+echo "    shipper consume exited with status $consumer_code"
+
+step "what landed in s3://$ARCHIVE (one record per line; first 3 of $landed)"
+"$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" cat-bucket "$ARCHIVE" | head -n 3 |
+    cut -c 1-200 | sed 's/^/    /'
+
 ok=1
+if ((consumer_code != 0)); then
+    tail -n 30 "$TMP/consumer.log" >&2
+    echo "demo: shipper consume did not stop cleanly (status $consumer_code)" >&2
+    ok=0
+fi
 if ((count > lines)); then
     echo "demo: note: $count records for $lines lines: some were sent twice (at-least-once delivery)"
 fi
@@ -155,7 +206,7 @@ if ((code != 0)); then
 fi
 ((ok)) || exit 1
 if ((count == lines)); then
-    echo "demo: OK: all $lines lines arrived as $count records"
+    echo "demo: OK: all $lines lines arrived as $count records, and $landed lines in S3"
 else
-    echo "demo: OK: all $lines lines arrived ($count records)"
+    echo "demo: OK: all $lines lines arrived ($count records), and $landed lines in S3"
 fi
