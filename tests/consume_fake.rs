@@ -637,3 +637,39 @@ async fn resent_ids_are_dropped_and_metrics_are_served() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn from_latest_skips_what_the_stream_held_before() {
+    let fake = FakeKinesis::start(&[
+        "--stream",
+        STREAM,
+        "--shards",
+        "2",
+        "--store",
+        "--delivery-stream",
+        DELIVERY,
+    ]);
+    let client = fake.client();
+    put_lines(&client, 0..100, false, Compression::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = consume(&fake, dir.path(), &["--from", "latest"]);
+    // Readiness: both shards have their iterator once each has made a GetRecords call.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats(&fake)["get_records_calls"].as_u64().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no GetRecords calls");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    put_lines(&client, 100..200, false, Compression::None).await;
+    let lines = wait_lines(&fake, Duration::from_secs(60), |l| l.len() >= 100);
+    stop(consumer);
+    let mut expected: Vec<String> = (100..200).map(line).collect();
+    expected.sort();
+    let mut got = firehose_lines(&fake);
+    got.sort();
+    assert_eq!(
+        got,
+        expected,
+        "only the records written after the start ({} lines seen)",
+        lines.len()
+    );
+}
