@@ -14,6 +14,14 @@ line arrived, and fails loudly otherwise):
   D  latency from write to acceptance by the endpoint at a low rate (200 lines/s for 10 s):
      each line carries its write time; the endpoint's stored records (GetRecords) carry their
      arrival time. p50, p90, p99, max.
+  R  rotation while behind: a writer writes 2,500 lines, renames app.log to app.log.1 (shifting
+     older ones up) and starts a new app.log, 12 times 0.2 s apart, then 50 times 0.05 s apart,
+     while the shipper tails app.log into two shards at the real limits: lines delivered,
+     missing, duplicates, peak open descriptors of the shipper.
+  K  kill -9 while shipping 500,000 lines at full speed (4 shards, no limits): 20 kills at
+     random moments, then a run to the end, for --checkpoint-interval 100ms and 1s: duplicates
+     per kill, and the clean run's lines/s and CPU-seconds per GB (the cost of the checkpoint
+     writes).
 
     scripts/bench.sh                         # everything, full sizes
     scripts/bench.sh --quick                 # smaller inputs: a few minutes on 2 cores
@@ -587,13 +595,156 @@ def scenario_d(args, work):
 
 
 # ----------------------------------------------------------------------------------------------
+# R: rotation while the shipper is behind
+
+R_CASES = [(12, 0.2), (50, 0.05)]
+
+
+def open_descriptors(pid, under):
+    """How many of `pid`'s descriptors are files under the directory `under`."""
+    count = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(under):
+                    count += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return count
+
+
+def shift_rotate(log, keep):
+    """What logrotate's and Python's rename rotation do: app.log.N -> app.log.N+1, ...,
+    app.log -> app.log.1; the oldest beyond `keep` is deleted."""
+    oldest = f"{log}.{keep}"
+    if os.path.exists(oldest):
+        os.remove(oldest)
+    for n in range(keep - 1, 0, -1):
+        if os.path.exists(f"{log}.{n}"):
+            os.rename(f"{log}.{n}", f"{log}.{n + 1}")
+    os.rename(log, f"{log}.1")
+
+
+def scenario_r(args, work):
+    rows = []
+    for rotations, gap in R_CASES:
+        name = f"{rotations} rotations, {gap} s apart"
+        case_dir = os.path.join(work, f"r-{rotations}")
+        os.makedirs(case_dir)
+        log = os.path.join(case_dir, "app.log")
+        total = rotations * args.r_lines
+        endpoint = Endpoint("--store", "--shard-limits", "--track-duplicates", shards=2)
+        shipper = start_shipper(log, endpoint, os.path.join(work, f"r-data-{rotations}"),
+                                args.r_flags.split())
+        peak = 0
+        started = time.monotonic()
+        try:
+            seq = 0
+            for _ in range(rotations):
+                with open(log, "a") as out:
+                    for _ in range(args.r_lines):
+                        out.write(f"[2026-11-22 10:00:00,000: INFO/ForkPoolWorker-1] rotation seq={seq:07d} "
+                                  f"{'x' * 40}\n")
+                        seq += 1
+                peak = max(peak, open_descriptors(shipper.pid, case_dir))
+                shift_rotate(log, keep=rotations + 1)
+                open(log, "a").close()
+                deadline = time.monotonic() + gap
+                while time.monotonic() < deadline:
+                    peak = max(peak, open_descriptors(shipper.pid, case_dir))
+                    time.sleep(0.005)
+            while endpoint.stats()["user_records_accepted"] < total:
+                check_alive(shipper, f"scenario R {name}")
+                peak = max(peak, open_descriptors(shipper.pid, case_dir))
+                if time.monotonic() - started > DEADLINE_SECONDS:
+                    break
+                time.sleep(0.05)
+            elapsed = time.monotonic() - started
+            code, _ = stop_shipper(shipper)
+        except BaseException:
+            if shipper.poll() is None:
+                shipper.kill()
+            endpoint.close()
+            raise
+        seen = set()
+        for _, data in stored_records(endpoint.port):
+            for user in user_records(data):
+                text = user.decode(errors="replace")
+                if "rotation seq=" in text:
+                    seen.add(int(text.split("seq=")[1][:7]))
+        duplicates = endpoint.stats()["duplicate_user_records"]
+        endpoint.close()
+        missing = total - len(seen)
+        if missing or code != 0:
+            FAILURES.append(f"R {name}: {missing} of {total} lines missing, exit {code}")
+        rows.append([name, total, len(seen), missing, duplicates, peak, f"{elapsed:.1f}"])
+    print("### R: rotation while behind (2 shards at the real limits)\n")
+    print(f"{args.r_lines} lines per generation; flags: {args.r_flags or '(defaults)'}.\n")
+    table(["case", "lines written", "delivered", "missing", "duplicates", "peak open files",
+           "seconds to deliver all"], rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# K: kill -9 while shipping
+
+
+def scenario_k(args, work):
+    count = args.k_lines
+    log = os.path.join(work, "k.log")
+    lines = [f"[2026-11-22 10:00:00,000: INFO/ForkPoolWorker-1] kill seq={i:07d} {'y' * 120}"
+             for i in range(count)]
+    size = write_lines(log, lines)
+    rng = random.Random(11)
+    rows = []
+    for interval in ["100ms", "1s"]:
+        flags = ["--no-rate-limit", "--checkpoint-interval", interval] + args.k_flags.split()
+        # A clean run: the speed and CPU cost with these checkpoint writes.
+        endpoint = Endpoint(shards=4)
+        elapsed, code, usage, _ = ship_until(
+            log, endpoint, os.path.join(work, f"k-clean-{interval}"), flags,
+            lambda current: current["user_records_accepted"] >= count, f"K clean {interval}")
+        endpoint.close()
+        rate = count / elapsed
+        cpu = usage.ru_utime + usage.ru_stime
+        # Killed runs.
+        endpoint = Endpoint("--track-duplicates", shards=4)
+        data_dir = os.path.join(work, f"k-data-{interval}")
+        kills = 0
+        for _ in range(args.k_kills):
+            shipper = start_shipper(log, endpoint, data_dir, flags)
+            time.sleep(rng.uniform(0.2, 0.6))
+            check_alive(shipper, f"K {interval}")
+            shipper.kill()
+            shipper.wait()
+            shipper.log_file.close()
+            kills += 1
+            if endpoint.stats()["user_records_accepted"] >= count:
+                break
+        ship_until(log, endpoint, data_dir, flags,
+                   lambda current: current["user_records_accepted"] - current["duplicate_user_records"] >= count,
+                   f"K final {interval}")
+        final = endpoint.stats()
+        endpoint.close()
+        duplicates = final["duplicate_user_records"]
+        per_kill = duplicates / max(kills, 1)
+        rows.append([interval, count, kills, duplicates, f"{per_kill:,.0f}",
+                     f"{per_kill / rate:.3f}", f"{rate:,.0f}", f"{cpu / (size / 1e9):.1f}"])
+    print("### K: kill -9 while shipping (4 shards, no limits)\n")
+    table(["--checkpoint-interval", "lines", "kills", "duplicates", "duplicates per kill",
+           "seconds of full speed per kill", "clean run lines/s", "clean run CPU-s/GB"], rows)
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--scenario", default="A,B,C,D", help="comma-separated subset of A,B,C,D")
+    parser.add_argument("--scenario", default="A,B,C,D",
+                        help="comma-separated subset of A,B,C,D,R,K (R and K run only when named)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller inputs (A: 128 MiB, B: 3k raw / 100k aggregated lines, "
                              "C: 5k lines, D: 5 s) unless sizes are given explicitly")
@@ -614,6 +765,11 @@ def main():
     parser.add_argument("--d-rate", type=int, default=200, help="D: lines per second")
     parser.add_argument("--d-seconds", type=int, help="D: seconds of writing (default 10, quick 5)")
     parser.add_argument("--d-flags", default="", help="D: extra shipper flags for every mode")
+    parser.add_argument("--r-lines", type=int, default=2500, help="R: lines per generation")
+    parser.add_argument("--r-flags", default="", help="R: extra shipper flags")
+    parser.add_argument("--k-lines", type=int, help="K: lines (default 500000, quick 200000)")
+    parser.add_argument("--k-kills", type=int, default=20, help="K: kill -9 count")
+    parser.add_argument("--k-flags", default="", help="K: extra shipper flags")
     args = parser.parse_args()
     pick = lambda value, full, quick: value if value is not None else (quick if args.quick else full)
     args.size_mib = pick(args.size_mib, 1024, 128)
@@ -621,10 +777,11 @@ def main():
     args.b_lines_agg = pick(args.b_lines_agg, 300_000, 100_000)
     args.c_lines = pick(args.c_lines, 20_000, 5_000)
     args.d_seconds = pick(args.d_seconds, 10, 5)
+    args.k_lines = pick(args.k_lines, 500_000, 200_000)
     global DEADLINE_SECONDS
     DEADLINE_SECONDS = args.run_timeout
     scenarios = [name.strip().upper() for name in args.scenario.split(",") if name.strip()]
-    unknown = set(scenarios) - set("ABCD")
+    unknown = set(scenarios) - set("ABCDRK")
     if unknown:
         parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
 
@@ -644,7 +801,8 @@ def main():
     print(f"machine: {os.cpu_count()} cores ({cpu_model}); commit: {commit}; "
           f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-")
-    runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d}
+    runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d,
+               "R": scenario_r, "K": scenario_k}
     for name in scenarios:
         runners[name](args, work)
         sys.stdout.flush()

@@ -33,6 +33,8 @@ use crate::ack::FileId;
 /// for the reading thread (which drains them at every pass) rather than holding ever more
 /// descriptors.
 const PENDING_OPENS: usize = 64;
+/// How soon a full hand-over to the reading thread is tried again.
+const FULL_RETRY: Duration = Duration::from_millis(2);
 /// How often the thread looks at the cancellation while no event comes.
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
@@ -163,15 +165,18 @@ fn run(
                 id,
                 seq: seq.fetch_add(1, Ordering::Relaxed),
             };
-            match files.try_send(opened) {
-                Ok(()) => {}
-                Err(TrySendError::Full(opened)) => {
-                    // The reading thread drains at every pass; wait for it rather than drop.
-                    if files.send(opened).is_err() {
-                        return;
+            // The reading thread drains at every pass; wait for it rather than drop the file,
+            // but never past a stop (the receiver lives until this thread is joined).
+            let mut pending = opened;
+            loop {
+                match files.try_send(pending) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(opened)) if !stop.is_cancelled() => {
+                        pending = opened;
+                        std::thread::sleep(FULL_RETRY);
                     }
+                    Err(_) => return,
                 }
-                Err(TrySendError::Disconnected(_)) => return,
             }
         }
     }
