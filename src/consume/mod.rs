@@ -47,8 +47,9 @@ use settings::{Settings, StartFrom};
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the shard list is read again (and at once when a shard finishes).
 const LIST_INTERVAL: Duration = Duration::from_secs(10);
-/// Batches waiting between a shard's reader and its forwarder.
-const BATCHES_PER_SHARD: usize = 2;
+/// Batches waiting between a shard's reader and its forwarder: with the one being sent and the
+/// one being packed, three per shard (about 3 MiB) are held at most.
+const BATCHES_PER_SHARD: usize = 1;
 /// PutRecordBatch calls in flight at once, over all shards (each shard has at most one).
 const CALLS_IN_FLIGHT: usize = 8;
 

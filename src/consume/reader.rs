@@ -38,9 +38,13 @@ pub const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 pub const READ_BYTES_PER_SECOND: f64 = 2.0 * 1024.0 * 1024.0;
 /// Most records one GetRecords call returns (GetRecords API reference).
 pub const MAX_GET_RECORDS: i32 = 10_000;
-/// The data asked for per call, judged from the records' average size: a second's worth of the
-/// shard's read quota, and a bound on what one response holds in memory.
-pub const TARGET_RESPONSE_BYTES: f64 = READ_BYTES_PER_SECOND;
+/// The data asked for per call, judged from the records' average size: half a second of the
+/// shard's read quota (the pacing keeps to the quota), and a bound on what one response holds in
+/// memory.
+pub const TARGET_RESPONSE_BYTES: f64 = READ_BYTES_PER_SECOND / 2.0;
+/// The record size assumed before a shard's first response: large (a compressed aggregate), so
+/// that the first call cannot bring back many times the target.
+const FIRST_GUESS_RECORD_BYTES: f64 = 64.0 * 1024.0;
 /// The pause after a call that returned nothing (AWS suggests about a second; the KCL 1.5 s).
 pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -122,7 +126,7 @@ impl Reader {
         let mut last_read: Option<SequenceNumber> = None;
         let mut backoff = self.context.retry.backoff();
         let mut next_call = Instant::now();
-        let mut average_record_bytes = 1024.0f64;
+        let mut average_record_bytes = FIRST_GUESS_RECORD_BYTES;
         loop {
             let current = match iterator.take() {
                 Some(current) => current,
