@@ -641,6 +641,13 @@ def scenario_r(args, work):
         peak = 0
         started = time.monotonic()
         try:
+            # The worker starts once the shipper is watching (it says it waits for the file).
+            while "keeps looking" not in open(shipper.log_file.name).read():
+                check_alive(shipper, f"scenario R {name}")
+                if time.monotonic() - started > 60:
+                    raise SystemExit(f"scenario R {name}: the shipper never started watching")
+                time.sleep(0.01)
+            started = time.monotonic()
             seq = 0
             for _ in range(rotations):
                 with open(log, "a") as out:
