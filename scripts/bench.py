@@ -18,7 +18,7 @@ line arrived, and fails loudly otherwise):
      older ones up) and starts a new app.log, 12 times 0.2 s apart, then 50 times 0.05 s apart,
      while the shipper tails app.log into two shards at the real limits: lines delivered,
      missing, duplicates, peak open descriptors of the shipper.
-  K  kill -9 while shipping 500,000 lines at full speed (4 shards, no limits): 20 kills at
+  K  kill -9 while shipping 3,000,000 lines at full speed (4 shards, no limits): 20 kills at
      random moments, then a run to the end, for --checkpoint-interval 100ms and 1s: duplicates
      per kill, and the clean run's lines/s and CPU-seconds per GB (the cost of the checkpoint
      writes).
@@ -774,7 +774,7 @@ def main():
     parser.add_argument("--d-flags", default="", help="D: extra shipper flags for every mode")
     parser.add_argument("--r-lines", type=int, default=2500, help="R: lines per generation")
     parser.add_argument("--r-flags", default="", help="R: extra shipper flags")
-    parser.add_argument("--k-lines", type=int, help="K: lines (default 500000, quick 200000)")
+    parser.add_argument("--k-lines", type=int, help="K: lines (default 3000000, quick 1000000)")
     parser.add_argument("--k-kills", type=int, default=20, help="K: kill -9 count")
     parser.add_argument("--k-flags", default="", help="K: extra shipper flags")
     args = parser.parse_args()
@@ -784,7 +784,7 @@ def main():
     args.b_lines_agg = pick(args.b_lines_agg, 300_000, 100_000)
     args.c_lines = pick(args.c_lines, 20_000, 5_000)
     args.d_seconds = pick(args.d_seconds, 10, 5)
-    args.k_lines = pick(args.k_lines, 500_000, 200_000)
+    args.k_lines = pick(args.k_lines, 3_000_000, 1_000_000)
     global DEADLINE_SECONDS
     DEADLINE_SECONDS = args.run_timeout
     scenarios = [name.strip().upper() for name in args.scenario.split(",") if name.strip()]
