@@ -38,8 +38,14 @@ const DOCUMENTED_FLAGS: &[(&str, Option<&str>)] = &[
     ("--stdout", Some("SHIPPER_STDOUT")),
     ("--log-format", Some("SHIPPER_LOG_FORMAT")),
     ("--max-open-files", Some("SHIPPER_MAX_OPEN_FILES")),
-    ("--max-held-deleted-for", Some("SHIPPER_MAX_HELD_DELETED_FOR")),
-    ("--max-held-deleted-bytes", Some("SHIPPER_MAX_HELD_DELETED_BYTES")),
+    (
+        "--max-held-deleted-for",
+        Some("SHIPPER_MAX_HELD_DELETED_FOR"),
+    ),
+    (
+        "--max-held-deleted-bytes",
+        Some("SHIPPER_MAX_HELD_DELETED_BYTES"),
+    ),
     ("--checkpoint-interval", Some("SHIPPER_CHECKPOINT_INTERVAL")),
 ];
 

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use common::fake::FakeKinesis;
-use common::{Shipper, append_lines, line_numbers};
+use common::{Shipper, append_lines, http_get, line_numbers};
 
 const STREAM: &str = "rotation";
 const ARRIVAL: Duration = Duration::from_secs(120);
@@ -112,6 +112,16 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    fn new<'a>(dir: &'a Path, log: &'a Path) -> Writer<'a> {
+        Writer {
+            dir,
+            log,
+            next: 0,
+            rotations: 0,
+            sizes: vec![0],
+        }
+    }
+
     fn write(&mut self, lines: usize) {
         append_lines(self.log, self.next, self.next + lines);
         self.next += lines;
@@ -138,13 +148,7 @@ fn rotations_while_every_call_fails(modes: &[Rotation]) {
     let fake = FakeKinesis::start(&["--stream", STREAM, "--store", "--fail-http", "1.0"]);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
-    let mut writer = Writer {
-        dir: dir.path(),
-        log: &log,
-        next: 0,
-        rotations: 0,
-        sizes: vec![0],
-    };
+    let mut writer = Writer::new(dir.path(), &log);
     writer.write(FIRST_GENERATION);
     // No pacing: the endpoint has no limits, and after it recovers the backlog goes at once.
     let mut shipper = start_shipper(&fake, &log, &dir.path().join("data"), &["--no-rate-limit"]);
@@ -189,18 +193,9 @@ fn mixed_rotations_during_an_outage_lose_nothing() {
 }
 
 fn metric(addr: &str, series: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: shipper\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {text}"))
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    common::metric(&text, series)
 }
 
 #[test]
@@ -208,13 +203,7 @@ fn the_descriptor_bound_counts_and_logs_what_it_gives_up() {
     let fake = FakeKinesis::start(&["--stream", STREAM, "--store", "--fail-http", "1.0"]);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("app.log");
-    let mut writer = Writer {
-        dir: dir.path(),
-        log: &log,
-        next: 0,
-        rotations: 0,
-        sizes: vec![0],
-    };
+    let mut writer = Writer::new(dir.path(), &log);
     writer.write(FIRST_GENERATION);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
