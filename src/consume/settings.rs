@@ -344,6 +344,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/consume/shipper.toml");
+        let file = FileConfig::load(&path).unwrap();
+        let settings = Settings::from_file(file, &crate::cli::Options::default()).unwrap();
+        assert_eq!(settings.delivery_stream, "worker-logs-s3");
+        assert_eq!(settings.dedupe_window, DEFAULT_DEDUPE_WINDOW);
+        assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
     fn consume_table_in_the_config_file() {
         let file: FileConfig = toml::from_str(
             "stream = \"s\"\n[consume]\ndelivery_stream = \"d\"\nfrom = \"latest\"\ndelimiter = \"none\"\n",
