@@ -261,7 +261,11 @@ fn the_descriptor_bound_counts_and_logs_what_it_gives_up() {
     fake.admin("POST", "/faults", r#"{"fail_http": 0.0}"#);
     let kept = first_of_generation[7]..writer.next;
     let deadline = Instant::now() + ARRIVAL;
-    while !kept.clone().all(|n| delivered(&fake).contains_key(&n)) {
+    loop {
+        let arrived = delivered(&fake);
+        if kept.clone().all(|n| arrived.contains_key(&n)) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "the kept generations never arrived"
