@@ -202,9 +202,10 @@ async fn failed_entries_5xx_and_expired_iterators_lose_nothing_and_resend_nothin
         "--fail-firehose-records",
         "0.3",
         "--fail-firehose-http",
-        "0.05",
+        "0.1",
+        // A third of the GetRecords calls: a run makes a few dozen, so some always expire.
         "--expire-iterators",
-        "0.05",
+        "0.3",
     ]);
     let client = fake.client();
     put_lines(&client, 0..3000, true, Compression::Zstd).await;
@@ -224,6 +225,12 @@ async fn failed_entries_5xx_and_expired_iterators_lose_nothing_and_resend_nothin
             "not every line arrived: {}",
             stats(&fake)
         );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Expiries are drawn at random per GetRecords call: when the data went through without one,
+    // the idle polls that follow draw more, and each must resume at the checkpoint too.
+    while stats(&fake)["expired_iterators_injected"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no iterator expired");
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = stop(consumer);
