@@ -122,7 +122,17 @@ mod tests {
         /// What our aggregator packs (and compresses), unpack gives back in order.
         #[test]
         fn round_trip_with_our_aggregator(
-            records in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..200), 2..40),
+            // User data that starts with a compression magic is taken for compressed (the
+            // ambiguity of magic bytes, tested below); the round trip is about everything else.
+            records in prop::collection::vec(
+                prop::collection::vec(any::<u8>(), 1..200).prop_map(|mut record| {
+                    if Compression::detect(&record) != Compression::None {
+                        record[0] ^= 0x80;
+                    }
+                    record
+                }),
+                2..40,
+            ),
             compression in prop::sample::select(vec![Compression::None, Compression::Gzip, Compression::Zstd]),
         ) {
             let packed = compression.compress(&aggregate(&records));
