@@ -168,6 +168,9 @@ pub struct StreamReader {
     stream: String,
     iterators: HashMap<String, Option<String>>,
     pub records: Vec<ReadRecord>,
+    /// Sequence numbers already read: LocalStack's Kinesis can hand out a NextShardIterator that
+    /// does not move past the shard's last record, which then comes back on every call.
+    seen: std::collections::HashSet<String>,
 }
 
 impl StreamReader {
@@ -198,6 +201,7 @@ impl StreamReader {
             stream: stream.to_string(),
             iterators,
             records: Vec::new(),
+            seen: std::collections::HashSet::new(),
         }
     }
 
@@ -216,8 +220,12 @@ impl StreamReader {
                     Ok(output) => output,
                     Err(error) => panic!("get records on {}: {error:?}", self.stream),
                 };
-                let got = output.records().len();
+                let mut got = 0;
                 for record in output.records() {
+                    if !self.seen.insert(record.sequence_number().to_string()) {
+                        continue;
+                    }
+                    got += 1;
                     self.records.push(ReadRecord {
                         shard: shard.clone(),
                         key: record.partition_key().unwrap_or_default().to_string(),
