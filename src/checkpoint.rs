@@ -49,6 +49,22 @@ struct VersionOnly {
 }
 
 /// Load the checkpoints from `dir`; `Ok(None)` when there are none yet.
+/// Create the data dir and take its lock file, so two processes never share its state. `None`
+/// when another process holds the lock; the returned file holds it until dropped.
+pub fn lock_data_dir(dir: &Path) -> io::Result<Option<File>> {
+    fs::create_dir_all(dir)?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(source)) => Err(source),
+    }
+}
+
 pub fn load(dir: &Path) -> Result<Option<Checkpoints>, Error> {
     load_versioned(dir, FILE_NAME)
 }

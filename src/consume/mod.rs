@@ -18,7 +18,7 @@ pub mod shards;
 pub mod unpack;
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -365,20 +365,12 @@ async fn write_checkpoints(
 
 /// Create the data dir and take its lock file, so two shippers never share checkpoints.
 fn lock_data_dir(dir: &Path) -> Result<File, Error> {
-    let io = |source| Error::DataDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(io)?;
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(io)?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked(dir.to_path_buf())),
-        Err(fs::TryLockError::Error(source)) => Err(io(source)),
+    match checkpoint::lock_data_dir(dir) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(Error::DataDirLocked(dir.to_path_buf())),
+        Err(source) => Err(Error::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }

@@ -26,6 +26,20 @@ pub async fn build(
     region: Option<&str>,
     endpoint_url: Option<&str>,
 ) -> Result<Client, ClientError> {
+    let shared = load_shared(region, endpoint_url).await?;
+    let config = aws_sdk_kinesis::config::Builder::from(&shared)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts())
+        .build();
+    Ok(Client::from_conf(config))
+}
+
+/// The AWS configuration every client starts from: the standard chain, with `region` and
+/// `endpoint_url` overriding it when given. A region is required.
+pub async fn load_shared(
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+) -> Result<aws_config::SdkConfig, ClientError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(region) = region {
         loader = loader.region(Region::new(region.to_string()));
@@ -37,14 +51,13 @@ pub async fn build(
     if shared.region().is_none() {
         return Err(ClientError::NoRegion);
     }
-    let config = aws_sdk_kinesis::config::Builder::from(&shared)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        )
-        .build();
-    Ok(Client::from_conf(config))
+    Ok(shared)
+}
+
+/// Bounded connect and attempt times: a hung call becomes a transient failure the sink retries.
+pub fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .build()
 }
