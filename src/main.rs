@@ -68,16 +68,8 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(config.concurrency))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(config.concurrency) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -119,16 +111,8 @@ fn run_consume(settings: Result<Settings, config::Error>) -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(4))
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(4) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -190,4 +174,20 @@ async fn watch_signals(shutdown: CancellationToken) {
 fn worker_threads(concurrency: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     cpus.min(concurrency.max(2)).clamp(1, 8)
+}
+
+/// The async runtime, with workers for `requests` in flight; `None` (said on stderr) when it
+/// cannot start.
+fn runtime(requests: usize) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(requests))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            None
+        }
+    }
 }
