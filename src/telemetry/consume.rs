@@ -189,21 +189,12 @@ pub async fn serve(
     health: Arc<ConsumeHealth>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(health);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(error = %error, "metrics endpoint stopped");
-        }
-    });
-    Ok(())
+    super::server::serve_app(addr, app, stop).await
 }
 
 async fn metrics(State(health): State<Arc<ConsumeHealth>>) -> impl IntoResponse {

@@ -70,12 +70,21 @@ pub async fn serve(
     health: Arc<Health>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
+    serve_app(addr, app, stop).await
+}
+
+/// Bind `addr` and serve `app` on a task of its own until `stop`.
+pub async fn serve_app(
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
