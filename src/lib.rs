@@ -31,4 +31,5 @@ pub mod record;
 pub mod shard_map;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod telemetry;
