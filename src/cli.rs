@@ -33,8 +33,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Files to ship: paths or glob patterns (quote globs so the shell leaves them alone).
-    #[arg(required = true, value_name = "PATH|GLOB")]
+    /// Files to ship: paths or glob patterns (quote globs so the shell leaves them alone). None
+    /// are needed when --socket is given.
+    #[arg(required_unless_present = "sockets", value_name = "PATH|GLOB")]
     pub paths: Vec<String>,
     #[command(flatten)]
     pub options: Options,
@@ -162,6 +163,30 @@ pub struct Options {
     /// only when it moved; a crash resends what was acknowledged since the last write.
     #[arg(long, env = "SHIPPER_CHECKPOINT_INTERVAL", value_name = "DURATION")]
     pub checkpoint_interval: Option<String>,
+    /// Listen for records on a local socket (repeatable): unix:///PATH, unixgram:///PATH,
+    /// unix://@NAME and unixgram://@NAME (Linux abstract names), tcp://127.0.0.1:PORT,
+    /// udp://127.0.0.1:PORT; add ?framing=auto|python|syslog|lines (default auto). Python's
+    /// SocketHandler, DatagramHandler and SysLogHandler need nothing else.
+    #[arg(long = "socket", value_name = "URL")]
+    pub sockets: Vec<String>,
+    /// Let tcp:// and udp:// sockets listen on addresses other than loopback.
+    #[arg(long, env = "SHIPPER_SOCKET_ALLOW_REMOTE")]
+    pub socket_allow_remote: bool,
+    /// File mode of socket files created at a path, in octal (default 0660).
+    #[arg(long, env = "SHIPPER_SOCKET_MODE", value_name = "OCTAL")]
+    pub socket_mode: Option<String>,
+    /// Most connections open at once on each stream socket (default 1024); more are closed at
+    /// once and counted.
+    #[arg(long, env = "SHIPPER_SOCKET_MAX_CONNECTIONS", value_name = "N")]
+    pub socket_max_connections: Option<usize>,
+    /// Most bytes each socket's spool may take on disk (default 256 MiB). When full, newly
+    /// received records are dropped, counted and logged; senders are never blocked.
+    #[arg(long, env = "SHIPPER_SPOOL_MAX_BYTES", value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// How often spooled records are flushed to the disk with fdatasync (default 100ms). A crash
+    /// of the process loses nothing spooled; a power loss can lose this much.
+    #[arg(long, env = "SHIPPER_SPOOL_SYNC_INTERVAL", value_name = "DURATION")]
+    pub spool_sync_interval: Option<String>,
     /// Print records to standard output instead of sending them (a dry run: no AWS calls, no
     /// checkpoints).
     #[arg(long, env = "SHIPPER_STDOUT")]
@@ -206,6 +231,26 @@ mod tests {
         assert_eq!(args.options.stream.as_deref(), Some("s"));
         assert_eq!(args.options.linger.as_deref(), Some("1s"));
         assert!(args.options.stdout);
+    }
+
+    #[test]
+    fn tail_takes_sockets_without_paths() {
+        let cli = Cli::try_parse_from([
+            "shipper",
+            "tail",
+            "--socket",
+            "unix:///run/shipper/log.sock",
+            "--socket",
+            "udp://127.0.0.1:5140",
+            "--stream",
+            "s",
+        ])
+        .unwrap();
+        let Command::Tail(args) = cli.command else {
+            panic!("not tail")
+        };
+        assert!(args.paths.is_empty());
+        assert_eq!(args.options.sockets.len(), 2);
     }
 
     #[test]

@@ -44,6 +44,17 @@ pub use crate::sources::file::{
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// Below this, fsyncs would cost more than the duplicates they save.
 pub const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
+/// Socket files may be written by the owner and the group (the worker's containers run with a
+/// shared group, or as the same user), no one else.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub const DEFAULT_SOCKET_MAX_CONNECTIONS: usize = 1024;
+/// A socket's spool holds up to 256 MiB: at 200-byte records, over a million records, or minutes
+/// of a busy worker's logs while Kinesis is out.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Room for a few segments of the smallest size.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 1024 * 1024;
+/// A power loss can cost the records spooled in the last 100 ms; a sync costs about a millisecond.
+pub const DEFAULT_SPOOL_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// Room kept below the record limit for compression framing around an aggregate.
 pub const AGGREGATE_COMPRESSION_SLACK: usize = 1024;
 
@@ -136,6 +147,12 @@ pub struct FileConfig {
     pub max_held_deleted_for_ms: Option<u64>,
     pub max_held_deleted_bytes: Option<u64>,
     pub checkpoint_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub socket_allow_remote: bool,
+    pub socket_mode: Option<String>,
+    pub socket_max_connections: Option<usize>,
+    pub spool_max_bytes: Option<u64>,
+    pub spool_sync_interval_ms: Option<u64>,
     /// File inputs, each with its own paths and optionally its own format, multiline and key.
     #[serde(default, rename = "input")]
     pub inputs: Vec<FileInput>,
@@ -146,7 +163,10 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileInput {
+    #[serde(default)]
     pub paths: Vec<String>,
+    /// A socket to listen on instead of paths (`unix:///run/shipper/log.sock`, ...).
+    pub socket: Option<String>,
     pub format: Option<String>,
     pub multiline: Option<String>,
     pub partition_key: Option<String>,
@@ -176,7 +196,11 @@ pub enum LogFormat {
 /// One validated input: which files, and how their lines become records.
 #[derive(Debug, Clone, Serialize)]
 pub struct Input {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// A socket input (`--socket`) instead of files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
     #[serde(serialize_with = "display")]
     pub read_from: ReadFrom,
     pub format: String,
@@ -231,6 +255,17 @@ pub struct Config {
     pub max_held_deleted_bytes: u64,
     #[serde(serialize_with = "humantime_ser")]
     pub checkpoint_interval: Duration,
+    pub socket_allow_remote: bool,
+    #[serde(serialize_with = "octal")]
+    pub socket_mode: u32,
+    pub socket_max_connections: usize,
+    pub spool_max_bytes: u64,
+    #[serde(serialize_with = "humantime_ser")]
+    pub spool_sync_interval: Duration,
+}
+
+fn octal<S: serde::Serializer>(value: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{value:04o}"))
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -259,11 +294,16 @@ fn parse_read_from(text: &str) -> Result<ReadFrom, Error> {
 impl Config {
     /// Build the settings for `shipper tail PATHS` (no config file).
     pub fn from_tail(paths: Vec<String>, options: &Options) -> Result<Config, Error> {
-        let file = FileConfig {
-            inputs: vec![FileInput {
+        let inputs = if paths.is_empty() {
+            Vec::new()
+        } else {
+            vec![FileInput {
                 paths,
                 ..FileInput::default()
-            }],
+            }]
+        };
+        let file = FileConfig {
+            inputs,
             ..FileConfig::default()
         };
         Config::merge(file, options)
@@ -298,16 +338,40 @@ impl Config {
             .clone()
             .or(file.partition_key)
             .unwrap_or(crate::partition_key::DEFAULT_TEMPLATE.into());
-        if file.inputs.is_empty() {
-            return Err(Error::Missing("input (a [[input]] table with paths)"));
+        let mut file_inputs = file.inputs;
+        file_inputs.extend(options.sockets.iter().map(|url| FileInput {
+            socket: Some(url.clone()),
+            ..FileInput::default()
+        }));
+        if file_inputs.is_empty() {
+            return Err(Error::Missing(
+                "input (paths, --socket, or an [[input]] table with paths or a socket)",
+            ));
         }
+        let allow_remote = options.socket_allow_remote || file.socket_allow_remote;
         let mut inputs = Vec::new();
-        for input in file.inputs {
-            if input.paths.is_empty() {
-                return Err(invalid(
-                    "input.paths",
-                    "an input needs at least one path or glob",
-                ));
+        for input in file_inputs {
+            match (&input.socket, input.paths.is_empty()) {
+                (None, true) => {
+                    return Err(invalid(
+                        "input.paths",
+                        "an input needs at least one path or glob, or a socket",
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(invalid(
+                        "input",
+                        "an input has either paths or a socket, not both",
+                    ));
+                }
+                (Some(url), true) => {
+                    let parsed: crate::sources::socket::url::SocketUrl =
+                        url.parse().map_err(|error| invalid("socket", error))?;
+                    parsed
+                        .check_remote(allow_remote)
+                        .map_err(|error| invalid("socket", error))?;
+                }
+                (None, false) => {}
             }
             let pick = |flag: &Option<String>, own: Option<String>, top: &String| {
                 flag.clone().or(own).unwrap_or_else(|| top.clone())
@@ -324,6 +388,7 @@ impl Config {
                 .unwrap_or(default_multiline.into());
             let input = Input {
                 paths: input.paths,
+                socket: input.socket,
                 read_from: parse_read_from(&pick(&options.read_from, input.read_from, &read_from))?,
                 format,
                 multiline,
@@ -471,7 +536,50 @@ impl Config {
                 format!("{checkpoint_interval:?}: expected at least {MIN_CHECKPOINT_INTERVAL:?}"),
             ));
         }
+        let socket_mode = match options.socket_mode.clone().or(file.socket_mode) {
+            None => DEFAULT_SOCKET_MODE,
+            Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|mode| *mode <= 0o777)
+                .ok_or_else(|| {
+                    invalid(
+                        "socket_mode",
+                        format!("{text:?}: expected an octal mode such as 0660"),
+                    )
+                })?,
+        };
+        let socket_max_connections = options
+            .socket_max_connections
+            .or(file.socket_max_connections)
+            .unwrap_or(DEFAULT_SOCKET_MAX_CONNECTIONS);
+        if socket_max_connections == 0 {
+            return Err(invalid("socket_max_connections", "expected at least 1"));
+        }
+        let spool_max_bytes = options
+            .spool_max_bytes
+            .or(file.spool_max_bytes)
+            .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+        if spool_max_bytes < MIN_SPOOL_MAX_BYTES {
+            return Err(invalid(
+                "spool_max_bytes",
+                format!("{spool_max_bytes}: expected at least {MIN_SPOOL_MAX_BYTES}"),
+            ));
+        }
+        let spool_sync_interval = match (&options.spool_sync_interval, file.spool_sync_interval_ms)
+        {
+            (Some(text), _) => parse_duration("spool_sync_interval", text)?,
+            (None, Some(ms)) => Duration::from_millis(ms),
+            (None, None) => DEFAULT_SPOOL_SYNC_INTERVAL,
+        };
+        if spool_sync_interval.is_zero() {
+            return Err(invalid("spool_sync_interval", "expected more than 0"));
+        }
         Ok(Config {
+            socket_allow_remote: allow_remote,
+            socket_mode,
+            socket_max_connections,
+            spool_max_bytes,
+            spool_sync_interval,
             max_open_files,
             max_held_deleted_for,
             max_held_deleted_bytes,

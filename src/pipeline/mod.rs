@@ -32,6 +32,7 @@ use crate::record::Record;
 use crate::sinks::kinesis::{self, DeadLetter, RetryPolicy, SdkTransport, Sink};
 use crate::sinks::stdout::StdoutSink;
 use crate::sources::file::{FileSource, FileSourceConfig, LongLinePolicy, ReadFrom};
+use crate::sources::socket::{self, SocketInput};
 use crate::telemetry::Metrics;
 use crate::telemetry::server::{self, Health};
 
@@ -65,6 +66,8 @@ pub enum Error {
     StreamNotFound { stream: String, error: String },
     #[error("cannot start the file source thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Socket(#[from] socket::StartError),
 }
 
 impl Error {
@@ -159,7 +162,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     let stop_sources = CancellationToken::new();
     let (tx, rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
     let mut threads = Vec::new();
+    let mut sockets = Vec::new();
+    // A dry run keeps no state in the data dir: its spools live in a temporary directory.
+    let dry_run_dir = config
+        .dry_run
+        .then(|| std::env::temp_dir().join(format!("shipper-dry-run-{}", std::process::id())));
     for (index, input) in config.inputs.iter().enumerate() {
+        if let Some(url) = &input.socket {
+            let state_dir = dry_run_dir.as_deref().unwrap_or(&config.data_dir);
+            sockets.push(start_socket(
+                &config,
+                input,
+                url,
+                index,
+                state_dir,
+                &tx,
+                &metrics,
+                &stop_sources,
+            )?);
+            continue;
+        }
         let source = FileSource::new(
             FileSourceConfig {
                 include: input.paths.clone(),
@@ -244,6 +266,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     info!(grace_period = ?config.grace_period, "stopping: delivering what was read");
     stop_sources.cancel();
     let drain = async {
+        for socket in &mut sockets {
+            socket.stopped().await;
+        }
         for thread in threads {
             // The thread ends once it sees the cancellation or its channel closes.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -263,6 +288,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     hard_stop.cancel();
     senders.close();
     senders.wait().await;
+    for socket in sockets {
+        socket.finish().await;
+    }
+    if let Some(dir) = dry_run_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if let Some(checkpointer) = checkpointer {
         let _ = checkpointer.await;
         let files = registry.snapshot();
@@ -340,6 +371,66 @@ fn lock_data_dir(dir: &Path) -> Result<File, Error> {
             source,
         }),
     }
+}
+
+/// Open a socket input's spool, bind its socket and start it. Decoded Python and syslog records
+/// are JSON objects, built as `--format json`; lines keep the input's format, and are joined per
+/// connection before the spool (so the builder behind it joins nothing).
+#[allow(clippy::too_many_arguments)]
+fn start_socket(
+    config: &Config,
+    input: &config::Input,
+    url: &str,
+    index: usize,
+    state_dir: &Path,
+    tx: &mpsc::Sender<Vec<Record>>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<SocketInput, Error> {
+    let parsed: socket::url::SocketUrl = url
+        .parse()
+        .map_err(|error: socket::url::UrlError| Error::Config(error.to_string()))?;
+    let text_rules = record_rules(config, input)?;
+    let joiner = text_rules.joiner.clone();
+    let mut text_rules = text_rules;
+    text_rules.joiner.multiline = Multiline::None;
+    let envelope_input = config::Input {
+        format: Format::Json.to_string(),
+        multiline: "none".into(),
+        ..input.clone()
+    };
+    let envelope_rules = record_rules(config, &envelope_input)?;
+    let builders = [
+        RecordBuilder::new(tx.clone(), envelope_rules, Arc::clone(metrics)),
+        RecordBuilder::new(tx.clone(), text_rules, Arc::clone(metrics)),
+    ];
+    let socket_metrics = Arc::new(socket::metrics::SocketMetrics::new(url));
+    metrics
+        .sockets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(Arc::clone(&socket_metrics));
+    let settings = socket::listen::Settings {
+        url: parsed,
+        mode: config.socket_mode,
+        max_connections: config.socket_max_connections,
+        max_frame_bytes: config.limits.max_data_bytes(),
+        joiner,
+    };
+    let spool = socket::SpoolSettings {
+        dir: socket::spool_dir(state_dir, url),
+        config: crate::spool::Config::with_max_bytes(config.spool_max_bytes),
+        sync_interval: config.spool_sync_interval,
+        ack_interval: config.checkpoint_interval,
+    };
+    Ok(SocketInput::start(
+        settings,
+        spool,
+        builders,
+        socket_metrics,
+        index,
+        stop.clone(),
+    )?)
 }
 
 /// How one input's lines become records. The strings were checked by `Config`, so errors here

@@ -41,6 +41,8 @@ macro_rules! counters {
             pub last_failed_unix: AtomicU64,
             /// File bytes given up unread, by reason (in the order of [`FILE_LOSS_REASONS`]).
             pub file_bytes_lost: [AtomicU64; FILE_LOSS_REASONS.len()],
+            /// Each `--socket`'s own counters.
+            pub sockets: Mutex<Vec<std::sync::Arc<crate::sources::socket::metrics::SocketMetrics>>>,
         }
 
         impl Metrics {

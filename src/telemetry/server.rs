@@ -168,6 +168,12 @@ pub fn render(metrics: &Metrics) -> String {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", latency.count);
     let _ = writeln!(out, "{name}_sum {}", latency.sum_seconds);
     let _ = writeln!(out, "{name}_count {}", latency.count);
+    let sockets = metrics
+        .sockets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    crate::sources::socket::metrics::SocketMetrics::render(&sockets, &mut out);
     out
 }
 
