@@ -509,3 +509,27 @@ pub fn metric(text: &str, name: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll a shipper's metrics until `check` holds for the series `name`, or panic after `timeout`
+/// with the last value.
+pub fn wait_metric(addr: &str, name: &str, timeout: Duration, check: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, body) = http_get(addr, "/metrics");
+        let value = metric(&body, name);
+        if check(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed at {value} for {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
