@@ -10,11 +10,26 @@
 //! reader hands entries to the record builders only while they have room, like the file source.
 //! Acknowledgements advance the spool's committed offset over a contiguous prefix, through the
 //! same [`FileProgress`] a file uses; the keeper stores it and deletes delivered segments.
+//!
+//! The decoders are pure code, no I/O: the listeners feed bytes in and take
+//! [`framing::Decoded`] records out.
+//! - [`framing`]: where records begin and end (`auto`, `python`, `syslog`, `lines`), bounded
+//!   buffers, errors and warnings with stable kinds.
+//! - [`pickle`]: the pickles of Python's `SocketHandler`/`DatagramHandler`, decoded as data with
+//!   bounded work; nothing is executed.
+//! - [`envelope`]: a LogRecord dict → the JSON envelope (the celery envelope's keys and more).
+//! - [`syslog`]: RFC 5424, RFC 3164 and Python's `SysLogHandler` → the same kind of envelope.
 
+pub mod envelope;
 pub mod framing;
 pub mod listen;
 pub mod metrics;
+pub mod pickle;
+pub mod syslog;
 pub mod url;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
