@@ -11,11 +11,13 @@
 #     Kubernetes 1.30 (knows native sidecars), and the classic sidecar also against 1.25, the
 #     oldest version the chart supports;
 #   - the sidecar wiring asserted by scripts/chart_tests/check_rendered.py, with the expectations
-#     of each ci values file listed below (a ci file without them fails the run);
+#     of each ci values file listed below (a ci file without them fails the run), and of the
+#     example config with the socket input on;
 #   - bad values rejected: by `required` (helm template with the defaults, no stream), by the
-#     schema (format: xml, compress, a malformed stream name, a typo'd key; also under lint) and
-#     by the templates (grace period relation, native sidecar on Kubernetes 1.28, the socket input
-#     the shipper does not have yet).
+#     schema (format: xml, compress, a malformed stream name, a typo'd key, socket framing, mode
+#     and spool size; also under lint) and by the templates (grace period relation, native sidecar
+#     on Kubernetes 1.28, no input at all, a spool larger than the data volume, a socket mode the
+#     worker cannot connect through, a socket path longer than the kernel takes).
 # Ends with a summary line "chart: N passed, M failed"; exits 1 if anything failed.
 set -euo pipefail
 
@@ -142,6 +144,8 @@ declare -A ci_expect=(
     [config]="|--native --config --config-file @CONFIG@|"
     [endpoint]="|--native --stream worker-logs --endpoint http://localstack.localstack.svc.cluster.local:4566 --aggregate --compress zstd|"
     [full]="|--native --stream worker-logs --service-monitor --scrape-annotations --metrics-port 9102|"
+    [socket]="|--native --stream worker-logs --socket-path /run/shipper/shipper.sock --spool-max-bytes 536870912|"
+    [abstract]="|--native --stream worker-logs --socket-abstract shipper-logs --framing python|"
 )
 
 cd "${repo_root}"
@@ -173,6 +177,13 @@ for values in "${ci_files[@]}"; do
 done
 scenario example-config "-f ${cases}/values-config.yaml --set-file config.toml=${example_config}" \
     "--native --config --config-file ${example_config}"
+scenario example-config+socket \
+    "-f ${cases}/values-config.yaml --set-file config.toml=${example_config} --set shipper.socket.enabled=true" \
+    "--native --config --config-file ${example_config} --socket-path /run/shipper/shipper.sock"
+scenario classic+socket \
+    "-f ${ci_dir}/socket-values.yaml --set sidecar.native=false --set shipper.socket.mode=0600 --set worker.securityContext.runAsUser=65532 --kube-version ${oldest_version}" \
+    "--classic --stream worker-logs --socket-path /run/shipper/shipper.sock --socket-mode 0600 --spool-max-bytes 536870912" \
+    "${oldest_version}"
 
 # Bad values are rejected.
 reject_case "schema rejects format: xml" "format.*(must be one of|enum)" \
@@ -193,10 +204,47 @@ reject_case "grace period must stay below terminationGracePeriodSeconds" "termin
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set terminationGracePeriodSeconds=25
 reject_case "native sidecar refused on Kubernetes 1.28" "sidecar.native" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --kube-version 1.28.0
-reject_case "socket input refused (not in this version)" "socket input is not available in this version" \
-    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true
-reject_case "socket input refused in config mode too" "socket input is not available in this version" \
-    "${helm}" template t "${chart}" --set-file "config.toml=${example_config}" --set shipper.socket.enabled=true
+reject_case "no paths and no socket refused" "shipper\.paths is empty and shipper\.socket\.enabled is false" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set-json 'shipper.paths=[]'
+reject_case "schema rejects socket framing: json" "framing.*(must be one of|enum)" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.framing=json
+reject_case "schema rejects an unquoted socket mode" "socket/mode.*want string" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.mode=660
+reject_case "schema rejects a socket mode that is not octal" "socket/mode.*(pattern|match)" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.mode=0680
+reject_case "schema rejects a spool below 1 MiB" "spoolMaxBytes" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.spoolMaxBytes=65536
+reject_case "schema rejects a socket file name with a slash" "fileName.*(pattern|match)" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.fileName=a/b.sock
+reject_case "spool larger than the data volume refused" \
+    "spoolMaxBytes \(600000000 bytes\) must be below shipper\.data\.sizeLimit \(512Mi, 536870912 bytes\)" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.spoolMaxBytes=600000000
+reject_case "default spool larger than a small data volume refused" \
+    "spoolMaxBytes \(0: the shipper's default, 268435456 bytes\) must be below shipper\.data\.sizeLimit \(0\.2Gi" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.data.sizeLimit=0.2Gi
+run_case "spool not checked against sizeLimit with a volume of one's own" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.data.sizeLimit=1Mi --set shipper.data.volume.persistentVolumeClaim.claimName=shipper-data
+reject_case "socket mode the worker cannot connect through refused (no fsGroup)" \
+    "socket\.mode 0660 does not let the worker connect" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set podSecurityContext.fsGroup=null
+reject_case "socket mode without group write refused" "socket\.mode 0640 does not let the worker connect" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set shipper.socket.mode=0640
+run_case "no fsGroup, worker in the shipper's group: renders" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set podSecurityContext.fsGroup=null --set worker.securityContext.runAsGroup=65532
+reject_case "socket path longer than 107 bytes refused" "has 113 bytes; a unix socket path has at most 107" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
+    --set "socketDir.mountPath=/$(printf 'a%.0s' {1..99})"
 
 if ((failed > 0)); then
     printf '\nfailed:\n'

@@ -3,9 +3,18 @@
 Usage: check_rendered.py RENDERED.yaml [--native|--classic] [--role-arn ARN]
        [--config [--config-file FILE]] [--stream NAME] [--endpoint URL] [--aggregate]
        [--compress none|gzip|zstd] [--service-monitor] [--metrics-port N] [--scrape-annotations]
+       [--socket-path PATH | --socket-abstract NAME] [--framing auto|python|syslog|lines]
+       [--socket-mode OCTAL] [--spool-max-bytes N]
 
 --config-file: the file given to helm with --set-file config.toml=FILE; the ConfigMap must carry
 it unchanged, and every input path in it must lie in the log directory both containers mount.
+
+--socket-path, --socket-abstract: the socket input is on, listening on that file or Linux abstract
+name; the shipper must get exactly one --socket flag for it, the worker must be told the address
+(LOG_SHIPPER_SOCKET) and, for a file, both containers must mount the socket directory and share a
+group that the socket mode lets connect. Without either, no socket flag or setting may be rendered.
+--socket-mode and --spool-max-bytes: the expected SHIPPER_SOCKET_MODE (default 0660) and
+SHIPPER_SPOOL_MAX_BYTES (default: not set); the spool must fit in the data emptyDir's sizeLimit.
 
 Prints one line per failed expectation and exits 1 if any failed, 0 otherwise. Needs PyYAML
 (the tools venv has it through kubernetes-validate).
@@ -20,6 +29,13 @@ import yaml
 
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 SHIPPER_UID = 65532
+SOCKET_ENV = "LOG_SHIPPER_SOCKET"
+# The shipper's spool limit when SHIPPER_SPOOL_MAX_BYTES is not set.
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+QUANTITY_FACTORS = {
+    "": 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
 
 
 class Checker:
@@ -43,6 +59,72 @@ def mounts_of(container):
 def seconds(duration):
     match = re.fullmatch(r"(\d+)s", duration or "")
     return int(match.group(1)) if match else None
+
+
+def quantity_bytes(quantity):
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", str(quantity))
+    if not match or match.group(2) not in QUANTITY_FACTORS:
+        return None
+    return float(match.group(1)) * QUANTITY_FACTORS[match.group(2)]
+
+
+def socket_flags(shipper_args):
+    """The values of --socket URL and --socket=URL, before any "--"."""
+    args = shipper_args[:shipper_args.index("--")] if "--" in shipper_args else shipper_args
+    urls = []
+    for index, arg in enumerate(args):
+        if arg == "--socket" and index + 1 < len(args):
+            urls.append(args[index + 1])
+        elif arg.startswith("--socket="):
+            urls.append(arg.split("=", 1)[1])
+    return urls
+
+
+def check_socket(c, args, spec, worker, shipper, volumes):
+    """The socket input: flag, worker address, shared mount and group, mode, spool size."""
+    env, worker_env = env_of(shipper), env_of(worker)
+    urls = socket_flags(shipper.get("args") or [])
+    spool_env = env.get("SHIPPER_SPOOL_MAX_BYTES")
+    if not (args.socket_path or args.socket_abstract):
+        c.check(not urls, f"a socket flag is rendered while the socket is off: {urls}")
+        for name in ("SHIPPER_SOCKET_MODE", "SHIPPER_SPOOL_MAX_BYTES"):
+            c.check(name not in env, f"{name} is set while the socket is off")
+        c.check(SOCKET_ENV not in worker_env, f"worker: {SOCKET_ENV} is set while the socket is off")
+        return
+    if args.socket_abstract:
+        url, address = f"unix://@{args.socket_abstract}", f"@{args.socket_abstract}"
+    else:
+        url, address = f"unix://{args.socket_path}", args.socket_path
+    url += f"?framing={args.framing}"
+    c.check(urls == [url], f"socket: the shipper's socket flags are {urls}, expected [{url!r}]")
+    c.check(worker_env.get(SOCKET_ENV) == address,
+            f"worker: {SOCKET_ENV} is {worker_env.get(SOCKET_ENV)!r}, expected {address!r}")
+    mode = env.get("SHIPPER_SOCKET_MODE")
+    c.check(mode == args.socket_mode, f"socket: SHIPPER_SOCKET_MODE is {mode!r}, expected {args.socket_mode!r}")
+    expected_spool = None if args.spool_max_bytes is None else str(args.spool_max_bytes)
+    c.check(spool_env == expected_spool,
+            f"socket: SHIPPER_SPOOL_MAX_BYTES is {spool_env!r}, expected {expected_spool!r}")
+    if args.socket_path:
+        socket_dir = args.socket_path.rsplit("/", 1)[0]
+        shipper_mount = mounts_of(shipper).get("socket") or {}
+        c.check(shipper_mount.get("mountPath") == socket_dir and not shipper_mount.get("readOnly"),
+                f"socket: the shipper does not mount the socket directory {socket_dir} read-write")
+        c.check((mounts_of(worker).get("socket") or {}).get("mountPath") == socket_dir,
+                f"socket: the worker does not mount the socket directory {socket_dir}")
+        c.check(len(args.socket_path.encode()) <= 107, f"socket: {args.socket_path} is longer than 107 bytes")
+        # The socket file takes the group of the fsGroup'd emptyDir, a group every container of
+        # the pod has; without an fsGroup only a world-writable mode lets the worker in.
+        pod_security = spec.get("securityContext") or {}
+        others_write = mode is not None and int(mode, 8) & 0o002
+        c.check("fsGroup" in pod_security or others_write,
+                f"socket: no pod fsGroup, and mode {mode} does not let the worker connect")
+    # The spool lives in the data volume: it must fit in the emptyDir's sizeLimit.
+    size_limit = ((volumes.get("data") or {}).get("emptyDir") or {}).get("sizeLimit")
+    if size_limit is not None:
+        limit = quantity_bytes(size_limit)
+        spool = int(spool_env) if spool_env else DEFAULT_SPOOL_MAX_BYTES
+        c.check(limit is not None and spool < limit,
+                f"socket: the spool ({spool} bytes) does not fit in the data volume's sizeLimit {size_limit}")
 
 
 def check_security_context(c, container, pod_security):
@@ -84,6 +166,12 @@ def main():
     parser.add_argument("--service-monitor", action="store_true")
     parser.add_argument("--metrics-port", type=int, default=9090)
     parser.add_argument("--scrape-annotations", action="store_true")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket-path")
+    where.add_argument("--socket-abstract")
+    parser.add_argument("--framing", default="auto")
+    parser.add_argument("--socket-mode", default="0660")
+    parser.add_argument("--spool-max-bytes", type=int)
     args = parser.parse_args()
 
     with open(args.rendered, encoding="utf-8") as handle:
@@ -133,9 +221,15 @@ def main():
     log_dir = (worker_mounts.get("logs") or {}).get("mountPath", "")
     c.check((shipper_mounts.get("logs") or {}).get("readOnly") is True, "shipper mounts the logs read-write")
     c.check(not (worker_mounts.get("logs") or {}).get("readOnly"), "worker mounts the logs read-only")
+    shipper_args = shipper.get("args") or []
+    socket_only = not args.config and "--" not in shipper_args
     logfiles = [arg.split("=", 1)[1] for arg in worker.get("args") or [] if arg.startswith("--logfile=")]
-    c.check(logfiles and all(path.startswith(log_dir + "/") for path in logfiles),
-            f"worker --logfile {logfiles} is not inside the log directory {log_dir}")
+    if socket_only:
+        # The socket is the only input: a log file would not be shipped, so expect none.
+        c.check(not logfiles, f"socket only: the worker writes {logfiles}, which nothing ships")
+    else:
+        c.check(logfiles and all(path.startswith(log_dir + "/") for path in logfiles),
+                f"worker --logfile {logfiles} is not inside the log directory {log_dir}")
 
     env = env_of(shipper)
     data_dir = env.get("SHIPPER_DATA_DIR")
@@ -143,7 +237,6 @@ def main():
             f"data volume is not mounted at SHIPPER_DATA_DIR ({data_dir})")
 
     # Command line and settings.
-    shipper_args = shipper.get("args") or []
     if args.config:
         c.check(shipper_args[:2] == ["run", "--config=/etc/shipper/shipper.toml"], f"config: args are {shipper_args}")
         c.check("--" not in shipper_args, "config: paths are passed on the command line")
@@ -165,8 +258,12 @@ def main():
     else:
         c.check(shipper_args[:1] == ["tail"], f"tail: args are {shipper_args}")
         paths = shipper_args[shipper_args.index("--") + 1:] if "--" in shipper_args else []
-        c.check(paths and all(path.startswith(log_dir + "/") for path in paths),
-                f"tail: paths {paths} are not inside the log directory {log_dir}")
+        if args.socket_path or args.socket_abstract:
+            c.check(all(path.startswith(log_dir + "/") for path in paths),
+                    f"tail: paths {paths} are not inside the log directory {log_dir}")
+        else:
+            c.check(paths and all(path.startswith(log_dir + "/") for path in paths),
+                    f"tail: paths {paths} are not inside the log directory {log_dir}")
         c.check("ConfigMap" not in by_kind, "tail: a ConfigMap is rendered")
         for name in ("SHIPPER_FORMAT", "SHIPPER_MULTILINE", "SHIPPER_READ_FROM", "SHIPPER_COMPRESS"):
             c.check(name in env, f"tail: {name} is not set")
@@ -179,9 +276,7 @@ def main():
     c.check(env.get("SHIPPER_STREAM") == args.stream, f"SHIPPER_STREAM is {env.get('SHIPPER_STREAM')!r}, expected {args.stream!r}")
     c.check(env.get("SHIPPER_ENDPOINT_URL") == args.endpoint,
             f"SHIPPER_ENDPOINT_URL is {env.get('SHIPPER_ENDPOINT_URL')!r}, expected {args.endpoint!r}")
-    # The shipper has no socket input in this version: a --socket flag would stop it at start-up.
-    socket_args = [arg for arg in shipper_args if arg.startswith("--socket")]
-    c.check(not socket_args, f"a socket flag is rendered, which the shipper rejects: {socket_args}")
+    check_socket(c, args, spec, worker, shipper, volumes)
 
     # Probes, security, resources, grace period.
     check_probes(c, shipper, args.metrics_port)
