@@ -3,10 +3,8 @@
 # concurrency 2, the default log formats, --logfile, --loglevel INFO, kombu's filesystem://
 # broker) running the 80 tasks of scripts/celery_fixture/tasks.py.
 #
-# Celery is installed from scripts/celery_fixture/requirements.lock (pinned, hashed) into
-# .tools/celery-venv (git-ignored), once; a changed lock reinstalls it. Regenerate the lock with
-# `uv pip compile --universal --python-version 3.11 --generate-hashes --no-header
-#  requirements.in -o requirements.lock` in scripts/celery_fixture.
+# Celery comes from scripts/celery_fixture/requirements.lock (pinned, hashed), installed into
+# .tools/celery-venv (git-ignored) by scripts/celery-venv.sh, once; a changed lock reinstalls it.
 #
 # Task ids are fixed, so a new fixture holds the same records as the old one; timestamps, pool
 # process numbers and the interleaving of the two processes differ. Paths in tracebacks are
@@ -18,29 +16,15 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 app_dir="$root/scripts/celery_fixture"
-lock="$app_dir/requirements.lock"
-venv="$root/.tools/celery-venv"
-stamp="$venv/.installed-lock-sha256"
 out="$root/tests/fixtures/celery/worker.log"
-python="${CELERY_FIXTURE_PYTHON:-python3.11}"
 timeout="${CELERY_FIXTURE_TIMEOUT:-120}"
 
 log() { printf 'celery-fixture: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-command -v "$python" >/dev/null || die "$python not found (set CELERY_FIXTURE_PYTHON)"
-"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
-    die "$python is not Python 3.11: the fixture needs 3.11's traceback caret lines"
-
-lock_hash="$(sha256sum "$lock" | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/celery" || "$(cat "$stamp" 2>/dev/null || true)" != "$lock_hash" ]]; then
-    log "installing Celery into $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 "$venv/bin/python" -m pip install --quiet \
-        --require-hashes --no-deps -r "$lock"
-    printf '%s\n' "$lock_hash" >"$stamp"
-fi
+venv="$("$root/scripts/celery-venv.sh")"
+"$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
+    die "$venv is not Python 3.11: the fixture needs 3.11's traceback caret lines"
 
 work="$(mktemp -d)"
 worker_pid=""
