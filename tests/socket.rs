@@ -68,7 +68,11 @@ fn by_sender(texts: &[String]) -> BTreeMap<String, BTreeMap<u64, Vec<Value>>> {
                 (tag, seq)
             }
         };
-        out.entry(tag).or_default().entry(seq).or_default().push(record);
+        out.entry(tag)
+            .or_default()
+            .entry(seq)
+            .or_default()
+            .push(record);
     }
     out
 }
@@ -137,9 +141,7 @@ async fn python_handlers_reach_kinesis_one_record_per_call_with_tracebacks_whole
         send(handler, address, COUNT, handler, false);
     }
     let mut reader = StreamReader::new(&fixture.client, &fixture.stream).await;
-    reader
-        .wait_for(COUNT * senders.len(), ARRIVAL)
-        .await;
+    reader.wait_for(COUNT * senders.len(), ARRIVAL).await;
     let records = by_sender(&reader.texts());
 
     for (handler, _, _) in &senders {
@@ -149,7 +151,12 @@ async fn python_handlers_reach_kinesis_one_record_per_call_with_tracebacks_whole
         let seqs: Vec<u64> = got.keys().copied().collect();
         assert_eq!(seqs, (0..COUNT as u64).collect::<Vec<_>>(), "{handler}");
         for (seq, copies) in got {
-            assert_eq!(copies.len(), 1, "{handler} seq {seq} arrived {} times", copies.len());
+            assert_eq!(
+                copies.len(),
+                1,
+                "{handler} seq {seq} arrived {} times",
+                copies.len()
+            );
         }
         let failed = &got[&0][0];
         let korean = &got[&1][0];
@@ -161,12 +168,17 @@ async fn python_handlers_reach_kinesis_one_record_per_call_with_tracebacks_whole
             let message = failed["message"].as_str().unwrap();
             assert!(
                 message.contains("failed seq=0\nTraceback (most recent call last):\n")
-                    && message.trim_end().ends_with("ZeroDivisionError: division by zero"),
+                    && message
+                        .trim_end()
+                        .ends_with("ZeroDivisionError: division by zero"),
                 "{handler}: {message}"
             );
             assert_eq!(failed["facility"], "user", "{handler}");
             assert!(
-                korean["message"].as_str().unwrap().ends_with("한국어 로그 🚀✨ seq=1"),
+                korean["message"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("한국어 로그 🚀✨ seq=1"),
                 "{handler}: {korean}"
             );
         } else {
@@ -179,7 +191,10 @@ async fn python_handlers_reach_kinesis_one_record_per_call_with_tracebacks_whole
                 "{handler}: {exception}"
             );
             assert_eq!(failed["logger"], format!("sender.{handler}"));
-            assert!(failed["ts"].as_str().unwrap().ends_with('Z'), "{failed}");
+            assert!(
+                failed["ts"].as_str().unwrap().ends_with("+00:00"),
+                "{failed}"
+            );
             assert_eq!(korean["message"], "한국어 로그 🚀✨ seq=1", "{handler}");
             assert_eq!(big["n"], 7, "{handler}: extra fields");
             assert_eq!(big["ok"], true);
@@ -188,15 +203,33 @@ async fn python_handlers_reach_kinesis_one_record_per_call_with_tracebacks_whole
             assert!(big["lineno"].as_u64().is_some() && big["funcName"] == "main");
         }
         let text = big["message"].as_str().unwrap();
-        assert!(text.contains(&"x".repeat(50 * 1024)), "{handler}: the 50 KiB message is whole");
+        assert!(
+            text.contains(&"x".repeat(50 * 1024)),
+            "{handler}: the 50 KiB message is whole"
+        );
     }
+    // Every record has its own id (spool identity + offset), which consumers dedupe on.
+    let ids: BTreeSet<String> = reader
+        .texts()
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), COUNT * senders.len());
     // The partition key template reads the records' fields.
     assert!(reader.records.iter().any(|r| r.key == "socket-tcp"));
 
     shipper.signal("TERM");
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");
-    assert!(!dir.join("log.sock").exists(), "the socket file is removed at stop");
+    assert!(
+        !dir.join("log.sock").exists(),
+        "the socket file is removed at stop"
+    );
 }
 
 /// The in-repo endpoint, and a shipper listening on a unix socket with metrics.
@@ -210,7 +243,7 @@ const STREAM: &str = "socket";
 
 impl Outage {
     fn new() -> Outage {
-        let fake = FakeKinesis::start(&["--stream", &format!("{STREAM}:1")]);
+        let fake = FakeKinesis::start(&["--stream", STREAM, "--store"]);
         Outage {
             fake,
             dir: tempfile::tempdir().unwrap(),
@@ -255,7 +288,10 @@ impl Outage {
     }
 
     fn series(&self, name: &str) -> String {
-        format!("shipper_socket_{name}{{socket=\"unix://{}\"}}", self.socket())
+        format!(
+            "shipper_socket_{name}{{socket=\"unix://{}\"}}",
+            self.socket()
+        )
     }
 
     /// `seq` of every record the endpoint accepted, with how often each came.
@@ -310,9 +346,12 @@ fn an_outage_is_absorbed_by_the_spool_and_every_record_arrives_after_it() {
     // SocketHandler drops a record whenever a send times out (1 s): every record arriving after
     // the outage proves the shipper read on all through it.
     send("socket-unix", &outage.socket(), COUNT, "outage", true);
-    let received = wait_metric(&outage.metrics, &outage.series("records_total"), ARRIVAL, |n| {
-        n >= COUNT as u64
-    });
+    let received = wait_metric(
+        &outage.metrics,
+        &outage.series("records_total"),
+        ARRIVAL,
+        |n| n >= COUNT as u64,
+    );
     assert_eq!(received, COUNT as u64);
     let (_, body) = http_get(&outage.metrics, "/metrics");
     assert_eq!(metric(&body, &outage.series("spool_records")), COUNT as u64);
@@ -324,7 +363,12 @@ fn an_outage_is_absorbed_by_the_spool_and_every_record_arrives_after_it() {
 
     outage.fail_everything(false);
     outage.wait_delivered(&(0..COUNT as u64).collect());
-    wait_metric(&outage.metrics, &outage.series("spool_records"), ARRIVAL, |n| n == 0);
+    wait_metric(
+        &outage.metrics,
+        &outage.series("spool_records"),
+        ARRIVAL,
+        |n| n == 0,
+    );
     shipper.signal("TERM");
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");
@@ -337,9 +381,12 @@ fn kill_9_while_spooling_through_an_outage_loses_nothing() {
     let shipper = outage.start(&[]);
     const COUNT: usize = 20_000;
     send("socket-unix", &outage.socket(), COUNT, "kill", true);
-    wait_metric(&outage.metrics, &outage.series("records_total"), ARRIVAL, |n| {
-        n >= COUNT as u64
-    });
+    wait_metric(
+        &outage.metrics,
+        &outage.series("records_total"),
+        ARRIVAL,
+        |n| n >= COUNT as u64,
+    );
     shipper.signal("KILL");
     let _ = shipper.wait(EXIT);
 
@@ -349,7 +396,12 @@ fn kill_9_while_spooling_through_an_outage_loses_nothing() {
     outage.wait_delivered(&(0..COUNT as u64).collect());
     // More after the restart go the same way.
     send("socket-unix", &outage.socket(), 10, "after", true);
-    wait_metric(&outage.metrics, &outage.series("records_total"), ARRIVAL, |n| n >= 10);
+    wait_metric(
+        &outage.metrics,
+        &outage.series("records_total"),
+        ARRIVAL,
+        |n| n >= 10,
+    );
     shipper.signal("TERM");
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");
@@ -362,13 +414,20 @@ fn a_full_spool_drops_and_counts_new_records_and_delivers_the_ones_before() {
     let mut shipper = outage.start(&["--spool-max-bytes", "1048576"]);
     const COUNT: usize = 20_000;
     send("socket-unix", &outage.socket(), COUNT, "full", true);
-    let dropped = wait_metric(&outage.metrics, &outage.series("spool_dropped_total"), ARRIVAL, |n| {
-        n > 0
-    });
+    let dropped = wait_metric(
+        &outage.metrics,
+        &outage.series("spool_dropped_total"),
+        ARRIVAL,
+        |n| n > 0,
+    );
     let (_, body) = http_get(&outage.metrics, "/metrics");
     let kept = metric(&body, &outage.series("records_total"));
     let dropped = metric(&body, &outage.series("spool_dropped_total")).max(dropped);
-    assert_eq!(kept + dropped, COUNT as u64, "every record is kept or counted");
+    assert_eq!(
+        kept + dropped,
+        COUNT as u64,
+        "every record is kept or counted"
+    );
     assert!(metric(&body, &outage.series("spool_bytes")) <= 1_048_576);
     shipper.wait_log("spool full", READY);
 
@@ -376,7 +435,11 @@ fn a_full_spool_drops_and_counts_new_records_and_delivers_the_ones_before() {
     // The spool keeps the oldest records and refuses the newest.
     outage.wait_delivered(&(0..kept).collect());
     let delivered = outage.delivered();
-    assert_eq!(delivered.len() as u64, kept, "only what was spooled is sent");
+    assert_eq!(
+        delivered.len() as u64,
+        kept,
+        "only what was spooled is sent"
+    );
     shipper.signal("TERM");
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");
@@ -394,8 +457,7 @@ fn newest_segment(spool_root: &Path) -> std::path::PathBuf {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.extension().is_some_and(|e| e == "spool")
-                && std::fs::metadata(p).unwrap().len() > 16
+            p.extension().is_some_and(|e| e == "spool") && std::fs::metadata(p).unwrap().len() > 16
         })
         .collect();
     segments.sort();
@@ -408,7 +470,12 @@ fn a_torn_spool_tail_is_cut_and_counted_and_the_records_before_it_arrive() {
     outage.fail_everything(true);
     let shipper = outage.start(&[]);
     send("socket-unix", &outage.socket(), 100, "torn", true);
-    wait_metric(&outage.metrics, &outage.series("records_total"), ARRIVAL, |n| n >= 100);
+    wait_metric(
+        &outage.metrics,
+        &outage.series("records_total"),
+        ARRIVAL,
+        |n| n >= 100,
+    );
     shipper.signal("KILL");
     let _ = shipper.wait(EXIT);
 
@@ -428,7 +495,10 @@ fn a_torn_spool_tail_is_cut_and_counted_and_the_records_before_it_arrive() {
     outage.wait_delivered(&(0..99).collect());
     let (_, body) = http_get(&outage.metrics, "/metrics");
     assert!(metric(&body, &outage.series("spool_cut_bytes_total")) > 0);
-    assert!(!outage.delivered().contains_key(&99), "the torn record is gone");
+    assert!(
+        !outage.delivered().contains_key(&99),
+        "the torn record is gone"
+    );
     shipper.signal("TERM");
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");

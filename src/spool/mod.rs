@@ -41,6 +41,8 @@ pub use reader::{Item, Reader};
 
 /// The file holding the committed offset.
 const ACK_FILE: &str = "acked.json";
+/// The file holding the spool's identity: 16 hex digits, random, made when the spool is.
+const ID_FILE: &str = "spool-id";
 /// Once this many appends are waiting for acknowledgement, appends within [`AGE_SAMPLE`] of each
 /// other share one sample: the pending count gets coarser, memory stays small in a long outage.
 const EXACT_SAMPLES: usize = 4096;
@@ -152,6 +154,7 @@ struct State {
 
 pub(crate) struct Shared {
     dir: PathBuf,
+    id: u64,
     config: Config,
     state: Mutex<State>,
     grew: Condvar,
@@ -177,6 +180,7 @@ impl Spool {
     /// offset are deleted, a torn or corrupt tail is cut, and a new active segment is started.
     pub fn open(dir: &Path, config: Config) -> io::Result<(Spool, Recovery)> {
         fs::create_dir_all(dir)?;
+        let id = load_or_make_id(dir)?;
         let acked = match checkpoint::load_versioned::<AckFile>(dir, ACK_FILE) {
             Ok(Some(file)) => Some(file.acked),
             Ok(None) => None,
@@ -292,6 +296,7 @@ impl Spool {
         let spool = Spool {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                id,
                 config,
                 state: Mutex::new(state),
                 grew: Condvar::new(),
@@ -302,6 +307,12 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// A random number made when the spool was created and kept with it: with an entry's offset
+    /// it names the entry uniquely, across restarts and across pods.
+    pub fn id(&self) -> u64 {
+        self.shared.id
     }
 
     /// Append `records` in order, each as one entry, with one write. Records that do not fit
@@ -517,6 +528,28 @@ impl Spool {
         self.shared.lock().closed = true;
         self.shared.grew.notify_all();
     }
+}
+
+fn load_or_make_id(dir: &Path) -> io::Result<u64> {
+    let path = dir.join(ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => match u64::from_str_radix(text.trim(), 16) {
+            Ok(id) => return Ok(id),
+            Err(_) => {
+                tracing::warn!(path = %path.display(), "spool identity unreadable; making a new one")
+            }
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let id: u64 = rand::random();
+    let temp = dir.join(format!("{ID_FILE}.tmp"));
+    let mut file = File::create(&temp)?;
+    writeln!(file, "{id:016x}")?;
+    file.sync_all()?;
+    fs::rename(&temp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 fn create_segment(dir: &Path, base: u64) -> io::Result<File> {

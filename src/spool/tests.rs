@@ -170,6 +170,19 @@ fn a_torn_tail_and_a_corrupt_entry_are_cut_and_counted() {
 }
 
 #[test]
+fn the_spool_keeps_its_identity_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = Spool::open(dir.path(), small()).unwrap();
+    let id = first.id();
+    drop(first);
+    let (again, _) = Spool::open(dir.path(), small()).unwrap();
+    assert_eq!(again.id(), id);
+    let other = tempfile::tempdir().unwrap();
+    let (other, _) = Spool::open(other.path(), small()).unwrap();
+    assert_ne!(other.id(), id, "another spool has another identity");
+}
+
+#[test]
 fn a_segment_with_a_bad_header_is_removed_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(entry::segment_path(dir.path(), 0), b"garbage").unwrap();

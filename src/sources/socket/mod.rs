@@ -140,11 +140,12 @@ impl SocketInput {
         info!(socket = %url, spool = %spool_settings.dir.display(), "listening");
 
         // The spool's progress is not a file's: it lives outside the checkpoint registry, under
-        // an identity no file has.
+        // an identity no file has (no device is numbered u64::MAX). With the entry's offset it
+        // also makes each record's `id`, unique across restarts and pods.
         let progress = FileProgress::new(
             FileId {
                 dev: u64::MAX,
-                ino: index as u64,
+                ino: spool.id(),
             },
             PathBuf::from(&url),
             Fingerprint::default(),
