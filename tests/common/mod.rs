@@ -529,7 +529,10 @@ pub fn wait_metric(addr: &str, name: &str, timeout: Duration, check: impl Fn(u64
         if check(value) {
             return value;
         }
-        assert!(Instant::now() < deadline, "{name} stayed at {value} for {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {value} for {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
