@@ -781,4 +781,92 @@ mod tests {
         assert!(error.contains("lingr_ms"), "{error}");
         assert!(error.contains("line 2"), "{error}");
     }
+
+    #[test]
+    fn sockets_are_inputs_from_flags_or_the_file() {
+        let flags = Options {
+            sockets: vec!["unix:///run/shipper/log.sock".into()],
+            ..options()
+        };
+        let config = Config::from_tail(Vec::new(), &flags).unwrap();
+        assert_eq!(config.inputs.len(), 1);
+        assert_eq!(
+            config.inputs[0].socket.as_deref(),
+            Some("unix:///run/shipper/log.sock")
+        );
+        assert_eq!(config.socket_mode, 0o660);
+        assert_eq!(config.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+
+        let file: FileConfig = toml::from_str(
+            "stream = \"s\"\nsocket_mode = \"0600\"\nspool_sync_interval_ms = 50\n\
+             [[input]]\nsocket = \"udp://127.0.0.1:5140?framing=syslog\"\n\
+             [[input]]\npaths = [\"a.log\"]\n",
+        )
+        .unwrap();
+        let config = Config::merge(file, &Options::default()).unwrap();
+        assert_eq!(config.inputs.len(), 2);
+        assert_eq!(config.socket_mode, 0o600);
+        assert_eq!(config.spool_sync_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn socket_mistakes_are_configuration_errors() {
+        let merge = |toml: &str, flags: &Options| {
+            let file: FileConfig = toml::from_str(toml).unwrap();
+            Config::merge(file, flags)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let both = merge(
+            "stream = \"s\"\n[[input]]\npaths = [\"a\"]\nsocket = \"unix:///x\"\n",
+            &options(),
+        );
+        assert!(both.unwrap_err().contains("not both"));
+        let remote = merge(
+            "stream = \"s\"\n[[input]]\nsocket = \"tcp://0.0.0.0:5140\"\n",
+            &options(),
+        );
+        assert!(remote.unwrap_err().contains("--socket-allow-remote"));
+        let allowed = Options {
+            socket_allow_remote: true,
+            ..options()
+        };
+        assert!(
+            merge(
+                "stream = \"s\"\n[[input]]\nsocket = \"tcp://0.0.0.0:5140\"\n",
+                &allowed
+            )
+            .is_ok()
+        );
+        let nothing = merge("stream = \"s\"\n", &options());
+        assert!(nothing.unwrap_err().contains("--socket"));
+        for (flag, wanted) in [
+            (
+                Options {
+                    socket_mode: Some("999".into()),
+                    ..options()
+                },
+                "socket_mode",
+            ),
+            (
+                Options {
+                    spool_max_bytes: Some(1000),
+                    ..options()
+                },
+                "spool_max_bytes",
+            ),
+            (
+                Options {
+                    sockets: vec!["http://x".into()],
+                    ..options()
+                },
+                "unknown scheme",
+            ),
+        ] {
+            let error = Config::from_tail(vec!["a.log".into()], &flag)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(wanted), "{error}");
+        }
+    }
 }

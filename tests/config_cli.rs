@@ -203,10 +203,14 @@ fn every_example_validates_and_prints_its_settings() {
 }
 
 #[test]
-fn the_celery_example_has_a_celery_input_and_a_json_input() {
+fn the_celery_example_has_a_celery_input_a_json_input_and_a_socket() {
     let printed = settings(&validate(&repo_path("examples/shipper.toml"), &[], &[]));
     let inputs = inputs(&printed);
-    assert_eq!(inputs.len(), 2, "{printed}");
+    assert_eq!(inputs.len(), 3, "{printed}");
+    assert_eq!(
+        string_at(inputs[2], "socket"),
+        "unix:///run/shipper/shipper.sock"
+    );
     assert_eq!(string_at(inputs[0], "format"), "celery");
     assert_eq!(string_at(inputs[0], "multiline"), "celery");
     assert_eq!(string_at(inputs[1], "format"), "json");

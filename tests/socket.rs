@@ -503,3 +503,252 @@ fn a_torn_spool_tail_is_cut_and_counted_and_the_records_before_it_arrive() {
     let (code, log) = shipper.wait(EXIT);
     assert_eq!(code, Some(0), "{log:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_celery_worker_logs_through_the_filter_and_every_task_record_carries_its_task() {
+    let fixture = Fixture::new("celery-socket", 1, "unused.log").await;
+    let socket = fixture.dir.path().join("shipper.sock");
+    let url = format!("unix://{}", socket.display());
+    let mut shipper = Shipper::start(
+        &[
+            "tail",
+            "--socket",
+            &url,
+            "--stream",
+            &fixture.stream,
+            "--endpoint-url",
+            &fixture.endpoint,
+            "--data-dir",
+            fixture.data_dir.to_str().unwrap(),
+            "--linger",
+            "20ms",
+        ],
+        &[],
+    );
+    shipper.wait_log("shipper started", READY);
+    let output = Command::new(repo_root().join("scripts/celery-socket.sh"))
+        .arg(&socket)
+        .arg(fixture.dir.path().join("celery"))
+        .output()
+        .expect("run scripts/celery-socket.sh");
+    assert!(
+        output.status.success(),
+        "celery-socket.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let task_ids: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(task_ids.len(), 9, "the script's task ids");
+
+    // Every task logs at least two records of its own; wait until each has them.
+    let mut reader = StreamReader::new(&fixture.client, &fixture.stream).await;
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    let per_task = loop {
+        reader.poll().await;
+        let mut per_task: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for text in reader.texts() {
+            let record: Value = serde_json::from_str(&text).unwrap();
+            if let Some(id) = record["task_id"].as_str() {
+                per_task.entry(id.to_string()).or_default().push(record);
+            }
+        }
+        if task_ids
+            .iter()
+            .all(|id| per_task.get(id).is_some_and(|r| r.len() >= 2))
+        {
+            break per_task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records per task: {:?}",
+            per_task
+                .iter()
+                .map(|(k, v)| (k, v.len()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for id in &task_ids {
+        let records = &per_task[id];
+        assert!(
+            records.iter().all(|r| r["task_name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("tasks."))),
+            "{records:#?}"
+        );
+    }
+    // The failing tasks' tracebacks arrive whole, with their task.
+    let tracebacks = per_task
+        .values()
+        .flatten()
+        .filter(|r| {
+            r["exception"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Traceback (most recent call last):"))
+        })
+        .count();
+    assert!(tracebacks >= 3, "{tracebacks} tracebacks");
+    shipper.signal("TERM");
+    let (code, log) = shipper.wait(EXIT);
+    assert_eq!(code, Some(0), "{log:#?}");
+}
+
+/// Garbage for every framing, written by Python over real sockets (see the test below).
+const GARBAGE: &str = r#"
+import os, pickle, random, socket, struct, sys
+unix_python, udp_port, unixgram_syslog, tcp_port, marker = sys.argv[1:6]
+
+def frame(obj):
+    data = pickle.dumps(obj, 1)
+    return struct.pack(">L", len(data)) + data
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + marker,))
+
+bomb = []
+for _ in range(40):
+    bomb = [bomb, bomb]
+
+def stream(path_or_port, payload):
+    if isinstance(path_or_port, int):
+        s = socket.create_connection(("127.0.0.1", path_or_port))
+    else:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path_or_port)
+    s.sendall(payload)
+    s.close()
+
+rng = random.Random(7)
+# Random bytes on an auto-framed TCP socket.
+stream(int(tcp_port), bytes(rng.getrandbits(8) for _ in range(65536)))
+# On the python-framed unix socket: a memo bomb, a record that tries to run os.system, a frame
+# over the limit, then a frame cut short by the end of the connection.
+stream(unix_python, frame({"msg": "bomb", "x": bomb}))
+stream(unix_python, frame({"msg": "evil", "levelname": "ERROR", "extra": Evil()}))
+stream(unix_python, struct.pack(">L", 4 * 1024 * 1024 * 1024 - 1) + b"\x00" * 70000)
+stream(unix_python, frame({"msg": "cut"})[:-3])
+stream(unix_python, b"\x00" * 4096)
+# Datagrams: over the limit, NUL only, invalid UTF-8.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"x" * 20000, ("127.0.0.1", int(udp_port)))
+u.sendto(b"\x00" * 100, ("127.0.0.1", int(udp_port)))
+u.sendto(b"caf\xe9 \xff\xfe line", ("127.0.0.1", int(udp_port)))
+g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+g.sendto(b"<14>bad \xff utf-8\x00", unixgram_syslog)
+g.sendto(b"\x00\x00\x00", unixgram_syslog)
+g.sendto(b"", unixgram_syslog)
+"#;
+
+#[test]
+fn bad_input_on_every_framing_is_counted_and_the_shipper_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let unix_python = dir.path().join("python.sock");
+    let unixgram_syslog = dir.path().join("syslog.sock");
+    let (udp, tcp) = (free_port(), free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let marker = dir.path().join("executed");
+    let urls = [
+        format!("unix://{}?framing=python", unix_python.display()),
+        format!("udp://127.0.0.1:{udp}"),
+        format!("unixgram://{}?framing=syslog", unixgram_syslog.display()),
+        format!("tcp://127.0.0.1:{tcp}"),
+    ];
+    let data_dir = dir.path().join("data");
+    let mut args = vec![
+        "tail",
+        "--stream",
+        "unused",
+        "--stdout",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--max-record-bytes",
+        "16384",
+        "--metrics-addr",
+        &metrics,
+        "--linger",
+        "20ms",
+    ];
+    for url in &urls {
+        args.extend(["--socket", url.as_str()]);
+    }
+    let mut shipper = Shipper::start(&args, &[]);
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        use std::io::Read;
+        let mut out = shipper.child.stdout.take().unwrap();
+        let printed = std::sync::Arc::clone(&printed);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                printed.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    shipper.wait_log("shipper started", READY);
+
+    let output = Command::new("python3")
+        .args(["-c", GARBAGE])
+        .arg(&unix_python)
+        .arg(udp.to_string())
+        .arg(&unixgram_syslog)
+        .arg(tcp.to_string())
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // And then a good record.
+    send(
+        "socket-unix",
+        unix_python.to_str().unwrap(),
+        1,
+        "after-garbage",
+        true,
+    );
+
+    let series = |name: &str, url: &str| format!("shipper_socket_{name}{{socket=\"{url}\"}}");
+    let errors = |url: &str, kind: &str| {
+        let (_, body) = http_get(&metrics, "/metrics");
+        let name =
+            format!("shipper_socket_decode_errors_total{{socket=\"{url}\",kind=\"{kind}\"}}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_metric(&metrics, &series("records_total", &urls[0]), ARRIVAL, |n| {
+        n >= 2
+    });
+    wait_metric(
+        &metrics,
+        &series("oversize_total", &urls[1]),
+        ARRIVAL,
+        |n| n == 1,
+    );
+    for kind in ["pickle_budget", "frame_too_large", "partial_frame"] {
+        assert!(errors(&urls[0], kind) >= 1, "{kind} on {}", urls[0]);
+    }
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    loop {
+        let printed = String::from_utf8_lossy(&printed.lock().unwrap()).to_string();
+        if printed.contains("after-garbage") && printed.contains("unsupported global") {
+            assert!(printed.contains("bad \u{fffd} utf-8"), "{printed:.2000}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{printed:.4000}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!marker.exists(), "a pickle ran a command");
+    let peak = peak_rss_kib(shipper.child.id());
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    shipper.signal("TERM");
+    let (code, log) = shipper.wait(EXIT);
+    assert_eq!(code, Some(0), "{log:#?}");
+    reader.join().unwrap();
+}

@@ -507,3 +507,122 @@ fn try_recv(socket: &DatagramSocket, buf: &mut [u8]) -> io::Result<usize> {
         DatagramSocket::Udp(socket) => socket.try_recv(buf),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool;
+    use std::io::Write;
+
+    fn settings(url: &str) -> Settings {
+        Settings {
+            url: url.parse().unwrap(),
+            mode: 0o660,
+            max_connections: 2,
+            max_frame_bytes: 1024,
+            joiner: JoinerConfig::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced_a_live_one_and_other_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let url = format!("unix://{}", path.display());
+
+        // Left by a process that is gone: nobody accepts on it.
+        drop(std_unix::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let bound = bind(&settings(&url)).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+
+        // Live: a second shipper must not take it over.
+        let error = bind(&settings(&url)).err().unwrap().to_string();
+        assert!(error.contains("in use by another process"), "{error}");
+        drop(bound);
+        assert!(!path.exists(), "removed when the listener is dropped");
+
+        fs::write(&path, b"not a socket").unwrap();
+        let error = bind(&settings(&url)).err().unwrap().to_string();
+        assert!(error.contains("is not a socket"), "{error}");
+        assert!(path.exists(), "a regular file is left alone");
+    }
+
+    #[tokio::test]
+    async fn the_socket_file_is_removed_at_stop_only_while_it_is_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dgram.sock");
+        let url = format!("unixgram://{}", path.display());
+        let bound = bind(&settings(&url)).unwrap();
+        // Someone replaced it meanwhile.
+        fs::remove_file(&path).unwrap();
+        let other = std_unix::UnixDatagram::bind(&path).unwrap();
+        drop(bound);
+        assert!(
+            path.exists(),
+            "another process's socket file is not removed"
+        );
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let url = format!("unix://{}?framing=lines", path.display());
+        let settings = settings(&url);
+        let (spool, _) = Spool::open(
+            &dir.path().join("spool"),
+            spool::Config::with_max_bytes(1 << 20),
+        )
+        .unwrap();
+        let metrics = Arc::new(SocketMetrics::new(&url));
+        let context = Arc::new(Context {
+            spool: spool.clone(),
+            metrics: Arc::clone(&metrics),
+            framing: settings.url.framing,
+            max_frame_bytes: settings.max_frame_bytes,
+            joiner: settings.joiner.clone(),
+        });
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(bind(&settings).unwrap(), context, 2, stop.clone()));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut client = std_unix::UnixStream::connect(&path).unwrap();
+            client.write_all(b"hello\n").unwrap();
+            held.push(client);
+        }
+        // Both are being read before the third arrives.
+        while metrics
+            .records_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 2
+        {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut third = std_unix::UnixStream::connect(&path).unwrap();
+        let mut buf = [0u8; 1];
+        // The shipper closes it at once: reading sees the end.
+        let read = tokio::task::spawn_blocking(move || std::io::Read::read(&mut third, &mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)));
+        assert_eq!(
+            metrics
+                .connections_refused_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            metrics
+                .connections_active
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        stop.cancel();
+        server.await.unwrap();
+        assert!(!path.exists());
+    }
+}
