@@ -153,6 +153,12 @@ impl FileProgress {
         self.signal();
     }
 
+    /// Signal `changed` whenever this progress moves, for a progress kept outside a [`Registry`]
+    /// (a socket's spool). Set once; a later call is ignored.
+    pub fn watch(&self, changed: Arc<Notify>) {
+        let _ = self.changed.set(changed);
+    }
+
     /// Tell the checkpointer that this file's checkpoint changed. A permit is stored when it is
     /// not waiting, so a burst of changes wakes it once.
     fn signal(&self) {

@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     config: Config,
     state: Mutex<State>,
     grew: Condvar,
+    /// Signalled on every append, for the task that syncs (it sleeps while nothing is written).
+    appended: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -300,6 +302,7 @@ impl Spool {
                 config,
                 state: Mutex::new(state),
                 grew: Condvar::new(),
+                appended: tokio::sync::Notify::new(),
             }),
         };
         Ok((spool, recovery))
@@ -410,7 +413,13 @@ impl Spool {
             }),
         }
         self.shared.grew.notify_all();
+        self.shared.appended.notify_one();
         Ok(())
+    }
+
+    /// Completes once something was appended since the last time it completed.
+    pub async fn appended(&self) {
+        self.shared.appended.notified().await
     }
 
     fn rotate(&self, state: &mut State) -> io::Result<()> {

@@ -24,7 +24,7 @@ use crate::parse::multiline::{Joiner, JoinerConfig, Multiline};
 use crate::spool::{Kind, Spool};
 
 /// Bytes read from a stream connection at a time.
-const READ_BYTES: usize = 64 * 1024;
+const READ_BYTES: usize = 32 * 1024;
 /// A connection quiet this long hands over a line it holds without its terminator.
 const IDLE_FLUSH: Duration = Duration::from_millis(200);
 /// Datagrams taken in one go (one spool write) when several are waiting.
@@ -417,12 +417,21 @@ async fn read_connection(
     let mut decoded = Vec::new();
     let mut records = Vec::new();
     loop {
+        // A connection that holds nothing back sleeps until it is readable: idle senders (a
+        // prefork pool's children) cost no wake-ups.
+        let holds = decoder.buffered() > 0 || framer.next_deadline().is_some();
         let wake = framer.next_deadline().map_or(IDLE_FLUSH, |at| {
             at.saturating_duration_since(Instant::now()).min(IDLE_FLUSH)
         });
         let read = tokio::select! {
             _ = stop.cancelled() => break,
-            read = tokio::time::timeout(wake, stream.read(&mut buf)) => read,
+            read = async {
+                if holds {
+                    tokio::time::timeout(wake, stream.read(&mut buf)).await
+                } else {
+                    Ok(stream.read(&mut buf).await)
+                }
+            } => read,
         };
         match read {
             Err(_quiet) => {

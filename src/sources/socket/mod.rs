@@ -50,8 +50,9 @@ use metrics::SocketMetrics;
 const READ_BYTES: usize = 256 * 1024;
 /// How often a pipeline that is full is asked again.
 const READY_POLL: Duration = Duration::from_millis(5);
-/// Longest the spool reader sleeps with nothing to read.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Longest the spool reader sleeps with nothing to read (an append wakes it at once; the builders
+/// hand on what they hold as soon as a read comes back empty, so this only bounds idle checks).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// One socket input's settings besides the listener's.
 pub struct SpoolSettings {
@@ -296,8 +297,9 @@ fn idle(builders: &mut [RecordBuilder; 2]) -> bool {
     builders.iter_mut().any(|b| b.idle(now).is_err())
 }
 
-/// Sync the spool every `sync_interval` and store the committed offset (deleting delivered
-/// segments) at most every `ack_interval`, when it moved.
+/// Sync the spool `sync_interval` after an append, and store the committed offset (deleting
+/// delivered segments) `ack_interval` after it moved. Sleeps while neither happens, so an idle
+/// socket costs no wake-ups.
 async fn keep(
     spool: Spool,
     progress: Arc<FileProgress>,
@@ -305,27 +307,25 @@ async fn keep(
     ack_interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(sync_interval.min(ack_interval));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sync = tokio::time::Instant::now();
-    let mut last_release = last_sync;
+    let moved = Arc::new(tokio::sync::Notify::new());
+    progress.watch(Arc::clone(&moved));
     let mut released = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = spool.appended() => {}
+            _ = moved.notified() => {}
         }
-        let now = tokio::time::Instant::now();
-        let sync = now.duration_since(last_sync) >= sync_interval;
+        // Let a burst of appends and acknowledgements gather into one sync and one store.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(sync_interval.min(ack_interval)) => {}
+        }
         let committed = progress.committed();
-        let release =
-            released != Some(committed) && now.duration_since(last_release) >= ack_interval;
-        if !sync && !release {
-            continue;
-        }
+        let release = released != Some(committed);
         let spool = spool.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let synced = if sync { spool.sync() } else { Ok(()) };
+            let synced = spool.sync();
             let stored = if release {
                 spool.release(committed).map_err(|e| e.to_string())
             } else {
@@ -334,18 +334,17 @@ async fn keep(
             (synced, stored)
         })
         .await;
+        let path = progress.checkpoint().path;
         match result {
             Ok((synced, stored)) => {
                 if let Err(error) = synced {
-                    error!(spool = %progress.checkpoint().path.display(), %error, "cannot sync the spool");
-                } else if sync {
-                    last_sync = now;
+                    error!(spool = %path.display(), %error, "cannot sync the spool");
                 }
-                if let Err(error) = stored {
-                    error!(spool = %progress.checkpoint().path.display(), %error, "cannot store the spool's committed offset");
-                } else if release {
-                    last_release = now;
-                    released = Some(committed);
+                match stored {
+                    Ok(()) => released = Some(committed),
+                    Err(error) => {
+                        error!(spool = %path.display(), %error, "cannot store the spool's committed offset")
+                    }
                 }
             }
             Err(join_error) => error!(%join_error, "spool keeper failed"),
