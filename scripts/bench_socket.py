@@ -7,6 +7,9 @@ write exactly what Python's logging.handlers.SocketHandler writes, into the in-r
       ~200-byte message, made before the clock starts. Reported: records/s and MB/s into the
       spool (until shipper_socket_records_total reaches the total), the same end to end (until
       the endpoint accepted every record), CPU-seconds per GB of frames, peak RSS (wait4).
+      Run twice: with the endpoint failing every call (the spool alone: read, decode, append;
+      the pipeline only retries), then normally; the CPU of the first over the second is the
+      spool side's share of the work.
   S2  latency at --rate records/s (default 1,000) for --seconds (default 10), one sender: each
       record carries its send time; the endpoint's ApproximateArrivalTimestamp is the arrival.
       p50, p90, p99, max.
@@ -113,11 +116,19 @@ def wait_until(what, check, shipper, timeout=600):
     return time.monotonic()
 
 
-def scenario_s1(args, work):
-    endpoint = bench.Endpoint(shards=4)
-    shipper, sock, addr = start(work, "s1", endpoint,
-                                ["--no-rate-limit", "--linger", "50ms", "--aggregate"]
-                                if args.aggregate else ["--no-rate-limit", "--linger", "50ms"])
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scenario_s1(args, work, outage):
+    name = "s1-outage" if outage else "s1"
+    endpoint = bench.Endpoint(*(["--fail-http", "1.0"] if outage else []), shards=4)
+    # A spool large enough for every record, so none is dropped while the endpoint fails.
+    flags = ["--no-rate-limit", "--linger", "50ms", "--spool-max-bytes", str(4 << 30)]
+    shipper, sock, addr = start(work, name, endpoint,
+                                flags + (["--aggregate"] if args.aggregate else []))
     per_sender = args.records // args.senders
     total = per_sender * args.senders
     frame_bytes = sum(len(f) for f in frames(0, 100)) / 100 * total
@@ -134,8 +145,20 @@ def scenario_s1(args, work):
     started = time.monotonic()
     go.set()
     spooled_at = wait_until("S1 spool", lambda: series(metrics(addr), prefix) >= total, shipper)
+    spool_cpu = cpu_seconds(shipper.pid)
     for proc in procs:
         proc.join()
+    if outage:
+        code, usage = bench.stop_shipper(shipper)
+        endpoint.close()
+        spool_s = spooled_at - started
+        print(f"### S1 (spool only): {args.senders} senders, {total:,} SocketHandler records "
+              f"({frame_bytes / total:.0f}-byte frames) into the spool while every Kinesis call fails\n")
+        bench.table(["records/s", "MB/s (frames)", "CPU s", "CPU-s/GB", "µs CPU/record", "peak RSS MiB"], [[
+            f"{total / spool_s:,.0f}", f"{frame_bytes / spool_s / 1e6:.1f}", f"{spool_cpu:.2f}",
+            f"{spool_cpu / (frame_bytes / 1e9):.1f}", f"{spool_cpu / total * 1e6:.2f}",
+            f"{usage.ru_maxrss / 1024:.1f}"]])
+        return spool_cpu
     delivered_at = wait_until(
         "S1 delivery", lambda: endpoint.stats().get("user_records_accepted", 0) >= total, shipper)
     code, usage = bench.stop_shipper(shipper)
@@ -150,8 +173,9 @@ def scenario_s1(args, work):
         ["into the spool", f"{spool_s:.2f}", f"{total / spool_s:,.0f}", f"{frame_bytes / spool_s / 1e6:.1f}"],
         ["accepted by the endpoint", f"{end_s:.2f}", f"{total / end_s:,.0f}", f"{frame_bytes / end_s / 1e6:.1f}"],
     ])
-    print(f"CPU {cpu:.2f} s ({cpu / gb:.1f} CPU-s/GB of frames), peak RSS "
-          f"{usage.ru_maxrss / 1024:.1f} MiB, exit {code}\n")
+    print(f"CPU {cpu:.2f} s ({cpu / gb:.1f} CPU-s/GB of frames, {cpu / total * 1e6:.2f} µs per "
+          f"record), peak RSS {usage.ru_maxrss / 1024:.1f} MiB, exit {code}\n")
+    return cpu
 
 
 def scenario_s2(args, work):
@@ -210,7 +234,10 @@ def main():
                       if line.startswith("model name")), "")
     print(f"machine: {os.cpu_count()} cores ({cpu_model})\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-socket-")
-    scenario_s1(args, work)
+    spool_cpu = scenario_s1(args, work, outage=True)
+    total_cpu = scenario_s1(args, work, outage=False)
+    print(f"The spool side (socket read, decode, append) takes {spool_cpu / total_cpu:.0%} of the "
+          f"CPU of the whole path (spool read, record building, requests to the endpoint).\n")
     scenario_s2(args, work)
 
 

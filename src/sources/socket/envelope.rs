@@ -18,7 +18,6 @@
 //! which common parsers refuse), bytes → text (invalid UTF-8 replaced). Output has no raw
 //! newline.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 
 use chrono::{Datelike as _, Timelike as _};
@@ -79,14 +78,31 @@ const RECORD_KEYS: [&str; 24] = [
 
 /// Writes the JSON envelope of a LogRecord dict.
 pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
-    // Last occurrence wins, as in a Python dict built from the same items.
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(fields.len());
-    for (i, (key, _)) in fields.iter().enumerate() {
-        if let Value::Str(key) = key {
-            index.insert(key.as_str(), i);
+    // Last occurrence wins, as in a Python dict built from the same items. A sorted list: a
+    // record has a score of keys, for which sorting beats hashing.
+    let mut index: Vec<(&str, usize)> = fields
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (key, _))| match key {
+            Value::Str(key) => Some((key.as_str(), i)),
+            _ => None,
+        })
+        .collect();
+    index.sort_unstable();
+    index.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = later.1;
         }
-    }
-    let get = |name: &str| index.get(name).map(|&i| &fields[i].1);
+        same
+    });
+    let position = |name: &str| {
+        index
+            .binary_search_by(|(key, _)| (*key).cmp(name))
+            .ok()
+            .map(|at| index[at].1)
+    };
+    let get = |name: &str| position(name).map(|i| &fields[i].1);
     let present = |name: &str| get(name).filter(|v| !matches!(v, Value::None));
 
     let mut out = Vec::with_capacity(512);
@@ -143,7 +159,7 @@ pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
         let text_key;
         let name: &str = match name {
             Value::Str(name) => {
-                if index.get(name.as_str()) != Some(&i) {
+                if position(name.as_str()) != Some(i) {
                     continue;
                 }
                 if RECORD_KEYS.contains(&name.as_str())

@@ -208,6 +208,16 @@ pub struct Context {
 }
 
 impl Context {
+    pub fn new(spool: Spool, metrics: Arc<SocketMetrics>, settings: &Settings) -> Context {
+        Context {
+            spool,
+            metrics,
+            framing: settings.url.framing,
+            max_frame_bytes: settings.max_frame_bytes,
+            joiner: settings.joiner.clone(),
+        }
+    }
+
     fn limits(&self) -> framing::Limits {
         framing::Limits {
             max_frame_bytes: self.max_frame_bytes,
@@ -587,13 +597,7 @@ mod tests {
         )
         .unwrap();
         let metrics = Arc::new(SocketMetrics::new(&url));
-        let context = Arc::new(Context {
-            spool: spool.clone(),
-            metrics: Arc::clone(&metrics),
-            framing: settings.url.framing,
-            max_frame_bytes: settings.max_frame_bytes,
-            joiner: settings.joiner.clone(),
-        });
+        let context = Arc::new(Context::new(spool, Arc::clone(&metrics), &settings));
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(bind(&settings).unwrap(), context, 2, stop.clone()));
         let mut held = Vec::new();

@@ -152,13 +152,7 @@ impl SocketInput {
             Fingerprint::default(),
             recovery.start,
         );
-        let context = Arc::new(Context {
-            spool: spool.clone(),
-            metrics: Arc::clone(&metrics),
-            framing: settings.url.framing,
-            max_frame_bytes: settings.max_frame_bytes,
-            joiner: settings.joiner.clone(),
-        });
+        let context = Arc::new(Context::new(spool.clone(), Arc::clone(&metrics), &settings));
         let listener = tokio::spawn(listen::serve(
             bound,
             context,

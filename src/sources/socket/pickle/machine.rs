@@ -1,8 +1,6 @@
 //! The pickle machine: opcodes executed on a stack of [`Slot`]s over a flat arena. Globals,
 //! calls and objects are in `objects`, integers and text in `text`.
 
-use std::collections::HashMap;
-
 use super::text::lossy_utf8;
 use super::{
     DecodeError, MAX_DEPTH, MAX_INT_DIGITS, MAX_LONG_BYTES, MAX_SHORT_LINE, Obj, Slot, invalid,
@@ -15,7 +13,11 @@ pub(super) struct Machine<'a> {
     pub(super) stack: Vec<Slot>,
     /// Stack lengths at each MARK.
     pub(super) marks: Vec<usize>,
-    pub(super) memo: HashMap<u32, Slot>,
+    /// Memo entries by index. Picklers number them 0, 1, 2, ...; an index beyond the node budget
+    /// is refused, so this stays within the budget too.
+    pub(super) memo: Vec<Option<Slot>>,
+    /// Entries set in `memo` (MEMOIZE numbers the next one by this).
+    pub(super) memo_count: usize,
     pub(super) arena: Vec<Obj>,
     /// Pushes, memo entries and copied container items so far: bounds the machine's memory.
     pub(super) spent: usize,
@@ -204,7 +206,8 @@ impl<'a> Machine<'a> {
                     self.memo_put(index)?;
                 }
                 0x94 => {
-                    let index = u32::try_from(self.memo.len())
+                    // MEMOIZE numbers entries by how many there are.
+                    let index = u32::try_from(self.memo_count)
                         .map_err(|_| over_budget("memo too large"))?;
                     self.memo_put(index)?;
                 }
@@ -460,14 +463,25 @@ impl<'a> Machine<'a> {
     fn memo_put(&mut self, index: u32) -> Result<(), DecodeError> {
         let top = self.top()?;
         self.spend(1)?;
-        self.memo.insert(index, top);
+        let index = index as usize;
+        if index >= self.max_nodes {
+            return Err(over_budget("memo index beyond the node budget"));
+        }
+        if index >= self.memo.len() {
+            self.memo.resize(index + 1, None);
+        }
+        if self.memo[index].replace(top).is_none() {
+            self.memo_count += 1;
+        }
         Ok(())
     }
 
     fn memo_get(&mut self, index: u32) -> Result<(), DecodeError> {
-        let slot = *self
+        let slot = self
             .memo
-            .get(&index)
+            .get(index as usize)
+            .copied()
+            .flatten()
             .ok_or_else(|| invalid("memo entry missing"))?;
         self.push(slot)
     }

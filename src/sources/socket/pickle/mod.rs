@@ -24,8 +24,6 @@ mod machine;
 mod objects;
 mod text;
 
-use std::collections::HashMap;
-
 use super::framing::{DecodeError, Limits, kind};
 use machine::Machine;
 use objects::{Global, offset_text, timedelta_text};
@@ -90,7 +88,8 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
         pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
+        memo: Vec::new(),
+        memo_count: 0,
         arena: Vec::new(),
         spent: 0,
         max_nodes,
