@@ -10,6 +10,7 @@
 pub mod dead_letters;
 pub mod dedupe;
 pub mod forward;
+pub mod lease;
 pub mod position;
 pub mod progress;
 pub mod reader;
