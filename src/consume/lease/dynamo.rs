@@ -37,7 +37,8 @@ const REQUESTED_BY: &str = "leaseRequestedBy";
 
 /// Lease calls are small: a call that has not answered within this is retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long start-up retries an unavailable table.
+const STARTUP_BUDGET: Duration = Duration::from_secs(60);
 /// How long a new table may take to become ACTIVE.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -53,7 +54,7 @@ pub async fn client(
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_timeout(ATTEMPT_TIMEOUT)
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         )
@@ -90,8 +91,23 @@ impl DynamoStore {
         }
     }
 
+    /// The same table, with another time budget per operation.
+    pub fn with_budget(&self, budget: Duration) -> DynamoStore {
+        DynamoStore {
+            budget,
+            ..self.clone()
+        }
+    }
+
     /// Check that the table exists; create it (on-demand billing) when `create` and it does not.
+    /// Unavailability is retried for up to a minute (the endpoint may be starting too).
     pub async fn ensure_table(&self, create: bool) -> Result<(), StoreError> {
+        self.with_budget(STARTUP_BUDGET)
+            .ensure_table_now(create)
+            .await
+    }
+
+    async fn ensure_table_now(&self, create: bool) -> Result<(), StoreError> {
         match self.table_status().await? {
             Some(_) => return self.wait_active().await,
             None if !create => return Err(StoreError::NoTable(self.table.clone())),
@@ -121,7 +137,7 @@ impl DynamoStore {
         if let Err(error) = created {
             let error = classify(&self.table, &error);
             // Another replica created it at the same moment.
-            if !matches!(&error, StoreError::Refused(m) if m.contains("ResourceInUseException")) {
+            if !error.to_string().contains("ResourceInUseException") {
                 return Err(error);
             }
         }

@@ -202,6 +202,29 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
         }
     }
 
+    /// When the first held lease reaches its hold limit: no table call may outlast it, so that a
+    /// call stuck in retries cannot keep a shard read past its limit.
+    fn call_deadline(&self) -> Instant {
+        self.held
+            .values()
+            .map(|held| held.renewed + self.timing.hold_limit())
+            .min()
+            .unwrap_or_else(|| Instant::now() + self.timing.failover)
+    }
+
+    /// Run a table call, bounded by [`Engine::call_deadline`].
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout_at(self.call_deadline(), call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(
+                "no answer before a lease's hold limit".into(),
+            )),
+        }
+    }
+
     fn lose(&mut self, key: &str) {
         self.held.remove(key);
         self.readers.stop(key, true);
@@ -275,8 +298,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
     ) -> Option<Lease> {
         let sent = Instant::now();
         match self
-            .store
-            .renew(key, &self.worker_id, counter, checkpoint)
+            .call(self.store.renew(key, &self.worker_id, counter, checkpoint))
             .await
         {
             Ok(lease) => {
@@ -345,8 +367,10 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
         }
         let counter = held.counter;
         match self
-            .store
-            .release(key, &self.worker_id, counter, &checkpoint, to)
+            .call(
+                self.store
+                    .release(key, &self.worker_id, counter, &checkpoint, to),
+            )
             .await
         {
             Ok(_) => {
@@ -379,7 +403,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
     /// Read the table: create the leases of new shards, clean up finished parents, take over
     /// leases handed to this replica, and balance.
     pub async fn take_round(&mut self, listing: Option<&[ShardInfo]>) {
-        let mut leases = match self.store.list().await {
+        let mut leases = match self.call(self.store.list()).await {
             Ok(leases) => leases,
             Err(error) => {
                 ConsumeMetrics::add(&self.metrics.lease_table_errors_total, 1);
@@ -394,7 +418,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
             && self.create_leases(listing, &leases, first_fill).await
         {
             self.first_fill = Some(false);
-            match self.store.list().await {
+            match self.call(self.store.list()).await {
                 Ok(listed) => {
                     leases = listed;
                     self.observer.observe(&leases, now);
@@ -475,7 +499,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
                 _ => LeaseCheckpoint::TrimHorizon,
             };
             let lease = Lease::new(&shard.shard_id, shard.parents.clone(), checkpoint);
-            match self.store.create(&lease).await {
+            match self.call(self.store.create(&lease)).await {
                 Ok(()) => created = true,
                 // Another replica created it first.
                 Err(StoreError::Conflict(_)) => created = true,
@@ -507,7 +531,10 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
                     )
                 });
             if started {
-                match self.store.delete(&parent.key, parent.counter).await {
+                match self
+                    .call(self.store.delete(&parent.key, parent.counter))
+                    .await
+                {
                     Ok(()) => info!(shard_id = %parent.key, "finished parent's lease deleted"),
                     Err(StoreError::Conflict(_)) => {}
                     Err(error) => {
@@ -531,8 +558,10 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
             }
             let sent = Instant::now();
             match self
-                .store
-                .renew(&lease.key, &self.worker_id, lease.counter, None)
+                .call(
+                    self.store
+                        .renew(&lease.key, &self.worker_id, lease.counter, None),
+                )
                 .await
             {
                 Ok(renewed) => {
@@ -587,7 +616,10 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
             }
         };
         let sent = Instant::now();
-        match self.store.take(&key, counter, &self.worker_id).await {
+        match self
+            .call(self.store.take(&key, counter, &self.worker_id))
+            .await
+        {
             Ok(lease) => {
                 match &from {
                     Some(from) if stolen => {
@@ -618,8 +650,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
 
     async fn request(&mut self, key: String, counter: u64, holder: String) {
         match self
-            .store
-            .request(&key, counter, &holder, &self.worker_id)
+            .call(self.store.request(&key, counter, &holder, &self.worker_id))
             .await
         {
             Ok(()) => {

@@ -384,7 +384,7 @@ async fn children_start_after_their_parent_and_the_parent_lease_goes_after_them(
     for _ in 0..10 {
         round(&mut [&mut a], Some(&listing)).await;
     }
-    assert_eq!(a.engine.held(), [parent.clone()]);
+    assert_eq!(a.engine.held(), std::slice::from_ref(&parent));
     a.readers.commit(&parent, 500);
     a.readers.finish(&parent);
     for _ in 0..20 {
