@@ -15,7 +15,7 @@
 #   - bad values rejected: by `required` (helm template with the defaults, no stream), by the
 #     schema (format: xml, compress, a malformed stream name, a typo'd key; also under lint) and
 #     by the templates (grace period relation, native sidecar on Kubernetes 1.28, the socket input
-#     the shipper does not have yet).
+#     the shipper does not have yet, consumer replicas without a lease table).
 # Ends with a summary line "chart: N passed, M failed"; exits 1 if anything failed.
 set -euo pipefail
 
@@ -142,6 +142,7 @@ declare -A ci_expect=(
     [config]="|--native --config --config-file @CONFIG@|"
     [endpoint]="|--native --stream worker-logs --endpoint http://localstack.localstack.svc.cluster.local:4566 --aggregate --compress zstd|"
     [full]="|--native --stream worker-logs --service-monitor --scrape-annotations --metrics-port 9102|"
+    [consumer-leases]="|--native --stream worker-logs --consumer-lease-table worker-logs-leases --consumer-replicas 3|"
 )
 
 cd "${repo_root}"
@@ -195,6 +196,9 @@ reject_case "native sidecar refused on Kubernetes 1.28" "sidecar.native" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --kube-version 1.28.0
 reject_case "socket input refused (not in this version)" "socket input is not available in this version" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true
+reject_case "consumer replicas refused without a lease table" "consumer.replicas > 1 needs consumer.leaseTable" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set consumer.enabled=true \
+    --set consumer.stream=worker-logs --set consumer.deliveryStream=worker-logs-s3 --set consumer.replicas=2
 reject_case "socket input refused in config mode too" "socket input is not available in this version" \
     "${helm}" template t "${chart}" --set-file "config.toml=${example_config}" --set shipper.socket.enabled=true
 
