@@ -482,3 +482,39 @@ async fn a_replica_paused_past_the_failover_time_notices_and_moves_no_checkpoint
 fn sequence_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_lease_table_is_a_clear_error_without_create_lease_table() {
+    let fleet = Fleet::start();
+    let endpoint = format!("http://{}", fleet.fake.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = Shipper::start(
+        &[
+            "consume",
+            "--stream",
+            STREAM,
+            "--delivery-stream",
+            DELIVERY,
+            "--endpoint-url",
+            &endpoint,
+            "--firehose-endpoint-url",
+            &endpoint,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--lease-table",
+            TABLE,
+            "--dynamodb-endpoint-url",
+            &fleet.moto.endpoint,
+        ],
+        &[],
+    );
+    let (code, log) = consumer.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(64), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains(&format!(
+            "lease table {TABLE} does not exist (create it, or pass --create-lease-table)"
+        ))),
+        "{log:#?}"
+    );
+    assert!(fleet.leases().await.is_empty());
+}
