@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate localstack/requirements.lock and localstack/client.lock from their .in files.
+# Regenerate localstack/requirements.lock, localstack/client.lock and localstack/moto.lock from
+# their .in files.
 # Dependencies are resolved as of LocalStack 4.9.2's release (newer ones break it on Python 3.11).
 # Uses the uv that localstack/start.sh installs into .localstack/tools (or uv from PATH).
 set -euo pipefail
@@ -12,3 +13,6 @@ for name in requirements client; do
     "$UV" pip compile --quiet --universal --python-version 3.11 --exclude-newer "$EXCLUDE_NEWER" \
         --generate-hashes --no-header "$name.in" -o "$name.lock"
 done
+# moto's server (DynamoDB for the lease tests) is not tied to LocalStack's release date.
+"$UV" pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-header \
+    moto.in -o moto.lock

@@ -17,7 +17,7 @@
 #     schema (format: xml, compress, a malformed stream name, a typo'd key, socket framing, mode
 #     and spool size; also under lint) and by the templates (grace period relation, native sidecar
 #     on Kubernetes 1.28, no input at all, a spool larger than the data volume, a socket mode the
-#     worker cannot connect through, a socket path longer than the kernel takes).
+#     worker cannot connect through, a socket path longer than the kernel takes, consumer replicas without a lease table).
 # Ends with a summary line "chart: N passed, M failed"; exits 1 if anything failed.
 set -euo pipefail
 
@@ -146,6 +146,7 @@ declare -A ci_expect=(
     [full]="|--native --stream worker-logs --service-monitor --scrape-annotations --metrics-port 9102|"
     [socket]="|--native --stream worker-logs --socket-path /run/shipper/shipper.sock --spool-max-bytes 536870912|"
     [abstract]="|--native --stream worker-logs --socket-abstract shipper-logs --framing python|"
+    [consumer-leases]="|--native --stream worker-logs --consumer-lease-table worker-logs-leases --consumer-replicas 3|"
 )
 
 cd "${repo_root}"
@@ -245,6 +246,9 @@ run_case "no fsGroup, worker in the shipper's group: renders" \
 reject_case "socket path longer than 107 bytes refused" "has 113 bytes; a unix socket path has at most 107" \
     "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set shipper.socket.enabled=true \
     --set "socketDir.mountPath=/$(printf 'a%.0s' {1..99})"
+reject_case "consumer replicas refused without a lease table" "consumer.replicas > 1 needs consumer.leaseTable" \
+    "${helm}" template t "${chart}" --set shipper.stream=worker-logs --set consumer.enabled=true \
+    --set consumer.stream=worker-logs --set consumer.deliveryStream=worker-logs-s3 --set consumer.replicas=2
 
 if ((failed > 0)); then
     printf '\nfailed:\n'

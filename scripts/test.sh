@@ -30,6 +30,8 @@ cleanup() {
 trap cleanup EXIT
 step "localstack"
 localstack/start.sh
+step "moto's server (DynamoDB for the lease tests, which start it themselves)"
+localstack/moto.sh >/dev/null
 
 step "cargo test (unit, property, integration)"
 cargo test --workspace --all-targets 2>&1 | tee target/cargo-test.log

@@ -5,6 +5,7 @@ Usage: check_rendered.py RENDERED.yaml [--native|--classic] [--role-arn ARN]
        [--compress none|gzip|zstd] [--service-monitor] [--metrics-port N] [--scrape-annotations]
        [--socket-path PATH | --socket-abstract NAME] [--framing auto|python|syslog|lines]
        [--socket-mode OCTAL] [--spool-max-bytes N]
+       [--consumer-lease-table NAME [--consumer-replicas N]]
 
 --config-file: the file given to helm with --set-file config.toml=FILE; the ConfigMap must carry
 it unchanged, and every input path in it must lie in the log directory both containers mount.
@@ -172,6 +173,8 @@ def main():
     parser.add_argument("--framing", default="auto")
     parser.add_argument("--socket-mode", default="0660")
     parser.add_argument("--spool-max-bytes", type=int)
+    parser.add_argument("--consumer-lease-table")
+    parser.add_argument("--consumer-replicas", type=int, default=1)
     args = parser.parse_args()
 
     with open(args.rendered, encoding="utf-8") as handle:
@@ -181,7 +184,14 @@ def main():
         by_kind.setdefault(doc["kind"], []).append(doc)
 
     c = Checker()
-    deployments = by_kind.get("Deployment", [])
+    all_deployments = by_kind.get("Deployment", [])
+    consumers = [d for d in all_deployments if d["metadata"]["name"].endswith("-consumer")]
+    deployments = [d for d in all_deployments if d not in consumers]
+    if args.consumer_lease_table:
+        if c.check(len(consumers) == 1, f"expected one consumer Deployment, found {len(consumers)}"):
+            check_consumer(c, consumers[0], args.consumer_lease_table, args.consumer_replicas)
+    else:
+        c.check(not consumers, "a consumer Deployment is rendered")
     if not c.check(len(deployments) == 1, f"expected one Deployment, found {len(deployments)}"):
         return report(c)
     pod = deployments[0]["spec"]["template"]
@@ -342,6 +352,25 @@ def check_config_file(c, configmap, path, log_dir):
         for pattern in item.get("paths") or []:
             c.check(pattern.startswith(log_dir + "/"),
                     f"config: input path {pattern} is outside the shared log directory {log_dir}")
+
+
+def check_consumer(c, deployment, lease_table, replicas):
+    """The consumer with a lease table: its replicas, rolling one pod at a time, and its lease
+    settings, with the pod's name as the worker id."""
+    spec = deployment["spec"]
+    c.check(spec.get("replicas") == replicas, f"consumer: replicas is {spec.get('replicas')!r}, not {replicas}")
+    strategy = spec.get("strategy") or {}
+    c.check(strategy.get("type") == "RollingUpdate", f"consumer: strategy is {strategy.get('type')!r}")
+    c.check((strategy.get("rollingUpdate") or {}).get("maxUnavailable") == 0, "consumer: maxUnavailable is not 0")
+    containers = {item["name"]: item for item in spec["template"]["spec"].get("containers") or []}
+    consumer = containers.get("consumer")
+    if not c.check(consumer is not None, "consumer: no container 'consumer'"):
+        return
+    env = env_of(consumer)
+    c.check(env.get("SHIPPER_LEASE_TABLE") == lease_table, f"consumer: SHIPPER_LEASE_TABLE is {env.get('SHIPPER_LEASE_TABLE')!r}")
+    pod_name = next((item for item in consumer.get("env") or [] if item["name"] == "POD_NAME"), {})
+    field = ((pod_name.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+    c.check(field == "metadata.name", "consumer: POD_NAME does not come from metadata.name")
 
 
 def report(c):

@@ -10,6 +10,8 @@
 pub mod dead_letters;
 pub mod dedupe;
 pub mod forward;
+pub mod lease;
+mod leased;
 pub mod position;
 pub mod progress;
 pub mod reader;
@@ -73,6 +75,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::Error),
+    #[error("{0}")]
+    LeaseTable(#[from] lease::StoreError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -83,7 +87,10 @@ pub enum Error {
 impl Error {
     /// Errors an operator fixes in the settings (exit 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, Error::Client(ClientError::NoRegion))
+        matches!(
+            self,
+            Error::Client(ClientError::NoRegion) | Error::LeaseTable(lease::StoreError::NoTable(_))
+        )
     }
 }
 
@@ -158,6 +165,86 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Summ
         metrics: Arc::clone(&metrics),
         dead_letters: Arc::clone(&dead_letters),
     });
+    let shared = Shared {
+        context,
+        sink,
+        dead_letters,
+        metrics: Arc::clone(&metrics),
+    };
+    match &settings.leases {
+        Some(leases) => {
+            leased::run(&settings, leases, shared, listing, &health, shutdown).await?;
+        }
+        None => {
+            run_with_checkpoint_file(&settings, shared, &kinesis, listing, &health, shutdown)
+                .await?
+        }
+    }
+    server_stop.cancel();
+    let summary = Summary {
+        user_records_forwarded: ConsumeMetrics::get(&metrics.user_records_forwarded_total),
+        dead_lettered: ConsumeMetrics::get(&metrics.dead_lettered_total),
+        duplicates_dropped: ConsumeMetrics::get(&metrics.duplicates_dropped_total),
+    };
+    info!(
+        user_records_forwarded = summary.user_records_forwarded,
+        dead_lettered = summary.dead_lettered,
+        duplicates_dropped = summary.duplicates_dropped,
+        "stopped"
+    );
+    Ok(summary)
+}
+
+/// What every shard's tasks share.
+pub(crate) struct Shared {
+    pub context: Arc<Context>,
+    pub sink: Arc<firehose::Sink<SdkTransport>>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub metrics: Arc<ConsumeMetrics>,
+}
+
+/// Start a shard's reader and forwarder on `tracker`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_shard(
+    tracker: &TaskTracker,
+    shared: &Shared,
+    shard_id: &str,
+    start: Start,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let (tx, rx) = mpsc::channel(BATCHES_PER_SHARD);
+    let shard_id: Arc<str> = Arc::from(shard_id);
+    tracker.spawn(reader::read_shard(
+        Arc::clone(&shared.context),
+        Arc::clone(&shard_id),
+        start,
+        Arc::clone(&progress),
+        tx,
+        stop,
+        hard_stop.clone(),
+    ));
+    tracker.spawn(forward::forward(
+        shard_id,
+        rx,
+        Arc::clone(&shared.sink),
+        progress,
+        Arc::clone(&shared.dead_letters),
+        Arc::clone(&shared.metrics),
+        hard_stop,
+    ));
+}
+
+/// One replica reading every shard, with checkpoints in the data dir.
+async fn run_with_checkpoint_file(
+    settings: &Settings,
+    shared: Shared,
+    kinesis: &aws_sdk_kinesis::Client,
+    listing: Vec<shards::ShardInfo>,
+    health: &ConsumeHealth,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let mut known: BTreeMap<String, ShardState> =
         position::load(&settings.data_dir, &settings.stream)?
             .into_iter()
@@ -198,6 +285,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Summ
         }
     }
     health.ready.store(true, Ordering::Relaxed);
+    let Shared {
+        context,
+        sink,
+        dead_letters,
+        metrics,
+    } = shared;
 
     let tracker = TaskTracker::new();
     let hard_stop = CancellationToken::new();
@@ -211,9 +304,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Summ
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => break,
         }
-        let newly_finished = write_checkpoints(&settings, &mut known, &mut stored, &metrics).await;
+        let newly_finished = write_checkpoints(settings, &mut known, &mut stored, &metrics).await;
         if listing.is_none() && (newly_finished || last_listed.elapsed() >= LIST_INTERVAL) {
-            match shards::list(&kinesis, &settings.stream).await {
+            match shards::list(kinesis, &settings.stream).await {
                 Ok(shards) => listing = Some(shards),
                 Err(error) => warn!(error = %error, "listshards failed; keeping the shards known"),
             }
@@ -240,26 +333,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Summ
                 let progress = Arc::new(Progress::new(
                     existing.as_ref().and_then(ShardCheckpoint::position),
                 ));
-                let (tx, rx) = mpsc::channel(BATCHES_PER_SHARD);
-                let shard_id: Arc<str> = Arc::from(shard.shard_id.as_str());
-                tracker.spawn(reader::read_shard(
-                    Arc::clone(&context),
-                    Arc::clone(&shard_id),
+                spawn_shard(
+                    &tracker,
+                    &Shared {
+                        context: Arc::clone(&context),
+                        sink: Arc::clone(&sink),
+                        dead_letters: Arc::clone(&dead_letters),
+                        metrics: Arc::clone(&metrics),
+                    },
+                    &shard.shard_id,
                     start,
                     Arc::clone(&progress),
-                    tx,
                     shutdown.clone(),
                     hard_stop.clone(),
-                ));
-                tracker.spawn(forward::forward(
-                    shard_id,
-                    rx,
-                    Arc::clone(&sink),
-                    Arc::clone(&progress),
-                    Arc::clone(&dead_letters),
-                    Arc::clone(&metrics),
-                    hard_stop.clone(),
-                ));
+                );
                 known.insert(
                     shard.shard_id.clone(),
                     ShardState {
@@ -289,20 +376,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Summ
         hard_stop.cancel();
         tracker.wait().await;
     }
-    write_checkpoints(&settings, &mut known, &mut stored, &metrics).await;
-    server_stop.cancel();
-    let summary = Summary {
-        user_records_forwarded: ConsumeMetrics::get(&metrics.user_records_forwarded_total),
-        dead_lettered: ConsumeMetrics::get(&metrics.dead_lettered_total),
-        duplicates_dropped: ConsumeMetrics::get(&metrics.duplicates_dropped_total),
-    };
-    info!(
-        user_records_forwarded = summary.user_records_forwarded,
-        dead_lettered = summary.dead_lettered,
-        duplicates_dropped = summary.duplicates_dropped,
-        "stopped"
-    );
-    Ok(summary)
+    write_checkpoints(settings, &mut known, &mut stored, &metrics).await;
+    Ok(())
 }
 
 /// Write the checkpoints if they changed; true when a shard became finished (its children may

@@ -55,6 +55,23 @@ pub struct ConsumeOptions {
     /// The shipper's own log format: text (default) or json.
     #[arg(long, env = "SHIPPER_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<String>,
+    /// DynamoDB table of shard leases and checkpoints (the KCL's schema), shared by every replica
+    /// reading the stream. Without it, one replica reads every shard, with checkpoints in the data
+    /// dir.
+    #[arg(long, env = "SHIPPER_LEASE_TABLE", value_name = "NAME")]
+    pub lease_table: Option<String>,
+    /// Create the lease table (on-demand billing) when it does not exist.
+    #[arg(long, env = "SHIPPER_CREATE_LEASE_TABLE")]
+    pub create_lease_table: bool,
+    /// This replica's name in the lease table (default: POD_NAME, else the host name).
+    #[arg(long, env = "SHIPPER_WORKER_ID", value_name = "NAME")]
+    pub worker_id: Option<String>,
+    /// A lease whose counter has not moved for this long is taken by another replica (default 10s).
+    #[arg(long, env = "SHIPPER_LEASE_FAILOVER", value_name = "DURATION")]
+    pub lease_failover: Option<String>,
+    /// DynamoDB endpoint. AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL are honoured when unset.
+    #[arg(long, env = "SHIPPER_DYNAMODB_ENDPOINT_URL", value_name = "URL")]
+    pub dynamodb_endpoint_url: Option<String>,
 }
 
 /// The `[consume]` table of the config file; the stream, region, endpoint, data dir, metrics
@@ -67,6 +84,11 @@ pub struct ConsumeFile {
     pub from: Option<String>,
     pub delimiter: Option<String>,
     pub dedupe_window_ms: Option<u64>,
+    pub lease_table: Option<String>,
+    pub create_lease_table: Option<bool>,
+    pub worker_id: Option<String>,
+    pub lease_failover_ms: Option<u64>,
+    pub dynamodb_endpoint_url: Option<String>,
 }
 
 /// Where a shard without a checkpoint starts.
@@ -123,6 +145,30 @@ pub struct Settings {
     #[serde(serialize_with = "humantime_ser")]
     pub grace_period: Duration,
     pub log_format: LogFormat,
+    /// Shard leases in DynamoDB; none: one replica, checkpoints in the data dir.
+    pub leases: Option<LeaseSettings>,
+}
+
+/// Where and how a replica shares the stream's shards.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseSettings {
+    pub table: String,
+    pub create_table: bool,
+    pub worker_id: String,
+    #[serde(serialize_with = "humantime_ser")]
+    pub failover: Duration,
+    pub dynamodb_endpoint_url: Option<String>,
+}
+
+/// The shortest failover time: renewals go every third of it, and each DynamoDB call needs time.
+pub const MIN_LEASE_FAILOVER: Duration = Duration::from_secs(1);
+
+/// The worker id when none is given: the pod's name, else the host name.
+fn default_worker_id() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
 }
 
 fn display<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -245,7 +291,49 @@ impl Settings {
                 ));
             }
         };
+        let leases = match options.lease_table.clone().or(table.lease_table) {
+            None => None,
+            Some(name) => {
+                if name.len() < 3 || name.len() > 255 {
+                    return Err(invalid(
+                        "lease_table",
+                        "a DynamoDB table name has 3 to 255 characters",
+                    ));
+                }
+                let failover = match (&options.lease_failover, table.lease_failover_ms) {
+                    (Some(text), _) => duration("lease_failover", text)?,
+                    (None, Some(ms)) => Duration::from_millis(ms),
+                    (None, None) => super::lease::engine::DEFAULT_FAILOVER,
+                };
+                if failover < MIN_LEASE_FAILOVER {
+                    return Err(invalid(
+                        "lease_failover",
+                        format!("at least {MIN_LEASE_FAILOVER:?}"),
+                    ));
+                }
+                let worker_id = options
+                    .worker_id
+                    .clone()
+                    .or(table.worker_id)
+                    .unwrap_or_else(default_worker_id);
+                if worker_id.is_empty() {
+                    return Err(invalid("worker_id", "empty"));
+                }
+                Some(LeaseSettings {
+                    table: name,
+                    create_table: options.create_lease_table
+                        || table.create_lease_table.unwrap_or(false),
+                    worker_id,
+                    failover,
+                    dynamodb_endpoint_url: options
+                        .dynamodb_endpoint_url
+                        .clone()
+                        .or(table.dynamodb_endpoint_url),
+                })
+            }
+        };
         Ok(Settings {
+            leases,
             stream,
             delivery_stream,
             region: options.region.clone().or(file.region),
@@ -352,6 +440,39 @@ mod tests {
         assert_eq!(settings.delivery_stream, "worker-logs-s3");
         assert_eq!(settings.dedupe_window, DEFAULT_DEDUPE_WINDOW);
         assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn lease_settings() {
+        assert!(Settings::from_options(&options()).unwrap().leases.is_none());
+        let leased = ConsumeOptions {
+            lease_table: Some("worker-logs-leases".into()),
+            worker_id: Some("pod-a".into()),
+            lease_failover: Some("20s".into()),
+            ..options()
+        };
+        let leases = Settings::from_options(&leased).unwrap().leases.unwrap();
+        assert_eq!(leases.table, "worker-logs-leases");
+        assert_eq!(leases.worker_id, "pod-a");
+        assert_eq!(leases.failover, Duration::from_secs(20));
+        assert!(!leases.create_table);
+        let too_short = ConsumeOptions {
+            lease_failover: Some("100ms".into()),
+            ..leased
+        };
+        let error = Settings::from_options(&too_short).unwrap_err();
+        assert!(error.to_string().contains("lease_failover"), "{error}");
+        let file: FileConfig = toml::from_str(
+            "stream = \"s\"\n[consume]\ndelivery_stream = \"d\"\nlease_table = \"t-leases\"\ncreate_lease_table = true\nlease_failover_ms = 5000\n",
+        )
+        .unwrap();
+        let leases = Settings::from_file(file, &crate::cli::Options::default())
+            .unwrap()
+            .leases
+            .unwrap();
+        assert!(leases.create_table);
+        assert_eq!(leases.failover, Duration::from_secs(5));
+        assert!(!leases.worker_id.is_empty());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Per shard: `shipper_consume_millis_behind_latest` (from GetRecords), Kinesis records and bytes
 //! read, user records forwarded. Overall: user records and bytes forwarded, Firehose entries failed
-//! by error code, dead-lettered, duplicates dropped.
+//! by error code, dead-lettered, duplicates dropped; with a lease table, leases held, taken,
+//! stolen, handed over, received and lost, and lease table calls and errors.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +35,8 @@ macro_rules! consume_counters {
         #[derive(Debug, Default)]
         pub struct ConsumeMetrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Leases this replica holds (with a lease table).
+            pub leases_held: AtomicU64,
             /// Firehose entries and calls that failed, by error code.
             failed_by_code: Mutex<BTreeMap<String, u64>>,
             shards: Mutex<BTreeMap<String, ShardStats>>,
@@ -77,6 +80,20 @@ consume_counters! {
     records_retried_total,
     /// Shards read to their end (closed by a split or merge).
     shards_finished_total,
+    /// Free or expired leases taken (with a lease table).
+    leases_taken_total,
+    /// Leases taken from a replica that did not hand them over when asked.
+    leases_stolen_total,
+    /// Leases handed over to a replica that asked for them, after a final checkpoint.
+    leases_handed_off_total,
+    /// Leases handed over to this replica.
+    leases_received_total,
+    /// Leases lost: taken by another replica, or not renewed in time.
+    leases_lost_total,
+    /// Lease table calls.
+    lease_table_calls_total,
+    /// Lease table calls that failed (throttling, 5xx, timeouts, refusals; not conflicts).
+    lease_table_errors_total,
 }
 
 impl ConsumeMetrics {
@@ -134,6 +151,11 @@ pub fn render(metrics: &ConsumeMetrics) -> String {
             "# TYPE shipper_consume_{name} counter\nshipper_consume_{name} {value}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# TYPE shipper_consume_leases_held gauge\nshipper_consume_leases_held {}",
+        metrics.leases_held.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# TYPE shipper_consume_put_record_batch_failed_total counter"

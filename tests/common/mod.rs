@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod moto;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
