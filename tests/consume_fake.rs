@@ -16,8 +16,8 @@ use serde_json::Value;
 use shipper::aggregate::{Aggregator, Finished};
 use shipper::compress::Compression;
 
-use common::Shipper;
 use common::fake::FakeKinesis;
+use common::{Shipper, free_port};
 
 const DELIVERY: &str = "archive";
 const STREAM: &str = "logs";
@@ -568,15 +568,6 @@ async fn a_missing_stream_or_delivery_stream_is_a_clear_error() {
     );
     let (code, log) = run(STREAM, "");
     assert_eq!(code, Some(64), "{log:#?}");
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {

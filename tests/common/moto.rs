@@ -26,14 +26,7 @@ fn moto_server() -> String {
     .clone()
 }
 
-/// A loopback port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::free_port;
 
 impl Moto {
     pub fn start() -> Moto {
