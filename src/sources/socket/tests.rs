@@ -1001,3 +1001,25 @@ fn envelope_rules() {
     let json = log_record(&[(s("taskName"), s("Task-1")), (s("created"), s("bad"))]);
     assert_eq!(json, br#"{"taskName":"Task-1"}"#);
 }
+
+#[test]
+fn values_met_twice_through_the_memo_are_whole_both_times() {
+    // pickle.dumps({'msg': 'm', 'l1': a, 'l2': a, 'd1': d, 'd2': [d, d]}, 1) with
+    // a = ['xxx', 'y'] and d = {'k': 'v'}: the second `a` and both `d`s are memo references.
+    let hex = "7d71002858030000006d7367710158010000006d710258020000006c3171035d7104285803000000787878\
+               710558010000007971066558020000006c32710768045802000000643171087d710958010000006b710a\
+               580100000076710b7358020000006432710c5d710d286809680965752e";
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let limits = Limits {
+        max_frame_bytes: 1 << 20,
+    };
+    let record = pickle::decode(&bytes, &limits).unwrap();
+    let json: Json = serde_json::from_slice(&super::envelope::log_record(&record.fields)).unwrap();
+    assert_eq!(json["l1"], serde_json::json!(["xxx", "y"]));
+    assert_eq!(json["l2"], serde_json::json!(["xxx", "y"]));
+    assert_eq!(json["d1"], serde_json::json!({"k": "v"}));
+    assert_eq!(json["d2"], serde_json::json!([{"k": "v"}, {"k": "v"}]));
+}

@@ -19,6 +19,9 @@ pub(super) struct Machine<'a> {
     /// Entries set in `memo` (MEMOIZE numbers the next one by this).
     pub(super) memo_count: usize,
     pub(super) arena: Vec<Obj>,
+    /// Per arena entry: referenced from more than one place (fetched from the memo, or DUP'd).
+    /// The rest are moved, not copied, into the result.
+    pub(super) shared: Vec<bool>,
     /// Pushes, memo entries and copied container items so far: bounds the machine's memory.
     pub(super) spent: usize,
     pub(super) max_nodes: usize,
@@ -46,6 +49,7 @@ impl<'a> Machine<'a> {
                 }
                 b'2' => {
                     let top = self.top()?;
+                    self.mark_shared(top);
                     self.push(top)?;
                 }
                 // Scalars.
@@ -382,7 +386,16 @@ impl<'a> Machine<'a> {
 
     pub(super) fn alloc(&mut self, obj: Obj) -> Slot {
         self.arena.push(obj);
+        self.shared.push(false);
         Slot::Obj(self.arena.len() - 1)
+    }
+
+    fn mark_shared(&mut self, slot: Slot) {
+        if let Slot::Obj(index) = slot
+            && let Some(shared) = self.shared.get_mut(index)
+        {
+            *shared = true;
+        }
     }
 
     fn push_text(&mut self, n: usize) -> Result<(), DecodeError> {
@@ -483,6 +496,7 @@ impl<'a> Machine<'a> {
             .copied()
             .flatten()
             .ok_or_else(|| invalid("memo entry missing"))?;
+        self.mark_shared(slot);
         self.push(slot)
     }
 }

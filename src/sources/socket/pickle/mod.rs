@@ -91,6 +91,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
         memo: Vec::new(),
         memo_count: 0,
         arena: Vec::new(),
+        shared: Vec::new(),
         spent: 0,
         max_nodes,
         unsupported_global: false,
@@ -98,7 +99,8 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
     };
     let top = machine.run()?;
     let mut build = Build {
-        arena: &machine.arena,
+        arena: &mut machine.arena,
+        shared: &machine.shared,
         nodes: 0,
         max_nodes,
         bytes: 0,
@@ -107,7 +109,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
             .saturating_mul(2)
             .max(MIN_OUTPUT_BYTES),
     };
-    let fields = match build.value(top, 0)? {
+    let fields = match build.value(top, 0, false)? {
         Value::Dict(fields) => fields,
         _ => {
             return Err(DecodeError::new(
@@ -175,7 +177,8 @@ enum Obj {
 
 /// Turns arena slots into a [`Value`] tree within the node, depth and byte budgets.
 struct Build<'a> {
-    arena: &'a [Obj],
+    arena: &'a mut [Obj],
+    shared: &'a [bool],
     nodes: usize,
     max_nodes: usize,
     bytes: usize,
@@ -183,7 +186,14 @@ struct Build<'a> {
 }
 
 impl Build<'_> {
-    fn value(&mut self, slot: Slot, depth: usize) -> Result<Value, DecodeError> {
+    /// `within_shared`: reached through a shared container, so this is shared too (it is met again
+    /// on the container's next visit).
+    fn value(
+        &mut self,
+        slot: Slot,
+        depth: usize,
+        within_shared: bool,
+    ) -> Result<Value, DecodeError> {
         self.nodes += 1;
         if self.nodes > self.max_nodes {
             return Err(over_budget(
@@ -200,48 +210,76 @@ impl Build<'_> {
             Slot::Float(f) => return Ok(Value::Float(f)),
             Slot::Obj(index) => index,
         };
-        let Some(obj) = self.arena.get(index) else {
+        let shared = within_shared || self.shared.get(index).copied().unwrap_or(true);
+        let Some(obj) = self.arena.get_mut(index) else {
             return Err(invalid("dangling reference"));
         };
-        Ok(match obj {
-            Obj::Str(s) => Value::Str(self.text(s)?),
-            Obj::Bytes(b) => {
-                self.count_bytes(b.len())?;
-                Value::Bytes(b.clone())
+        // What is referenced once is moved out of the arena; what is shared is copied.
+        let owned = |text: &mut String| {
+            if shared {
+                text.clone()
+            } else {
+                std::mem::take(text)
             }
-            Obj::BigInt(digits) => Value::BigInt(self.text(digits)?),
-            Obj::List(items) => Value::List(self.items(items, depth)?),
-            Obj::Tuple(items) => Value::Tuple(self.items(items, depth)?),
-            Obj::Dict(pairs) => {
-                let mut out = Vec::with_capacity(pairs.len().min(self.max_nodes));
-                for (k, v) in pairs {
-                    out.push((self.value(*k, depth + 1)?, self.value(*v, depth + 1)?));
-                }
-                Value::Dict(out)
-            }
+        };
+        let taken = match obj {
+            Obj::Str(s) => Taken::Str(owned(s)),
+            Obj::BigInt(digits) => Taken::BigInt(owned(digits)),
+            Obj::Bytes(b) => Taken::Bytes(if shared { b.clone() } else { std::mem::take(b) }),
+            Obj::List(items) => Taken::List(take_or_copy(items, shared)),
+            Obj::Tuple(items) => Taken::Tuple(take_or_copy(items, shared)),
+            Obj::Dict(pairs) => Taken::Dict(take_or_copy(pairs, shared)),
             Obj::Class(global) | Obj::Instance(global) => {
-                Value::Str(self.text(&format!("<{}>", global.label()))?)
+                Taken::Str(format!("<{}>", global.label()))
             }
             Obj::TimeDelta {
                 days,
                 seconds,
                 micros,
-            } => Value::Str(self.text(&timedelta_text(*days, *seconds, *micros))?),
-            Obj::TimeZone { offset_seconds } => {
-                let text = if *offset_seconds == 0 {
-                    "UTC".to_string()
-                } else {
-                    format!("UTC{}", offset_text(*offset_seconds))
-                };
-                Value::Str(self.text(&text)?)
+            } => Taken::Str(timedelta_text(*days, *seconds, *micros)),
+            Obj::TimeZone { offset_seconds } => Taken::Str(if *offset_seconds == 0 {
+                "UTC".to_string()
+            } else {
+                format!("UTC{}", offset_text(*offset_seconds))
+            }),
+        };
+        Ok(match taken {
+            Taken::Str(text) => {
+                self.count_bytes(text.len())?;
+                Value::Str(text)
+            }
+            Taken::BigInt(digits) => {
+                self.count_bytes(digits.len())?;
+                Value::BigInt(digits)
+            }
+            Taken::Bytes(bytes) => {
+                self.count_bytes(bytes.len())?;
+                Value::Bytes(bytes)
+            }
+            Taken::List(items) => Value::List(self.items(&items, depth, shared)?),
+            Taken::Tuple(items) => Value::Tuple(self.items(&items, depth, shared)?),
+            Taken::Dict(pairs) => {
+                let mut out = Vec::with_capacity(pairs.len().min(self.max_nodes));
+                for (k, v) in pairs {
+                    out.push((
+                        self.value(k, depth + 1, shared)?,
+                        self.value(v, depth + 1, shared)?,
+                    ));
+                }
+                Value::Dict(out)
             }
         })
     }
 
-    fn items(&mut self, items: &[Slot], depth: usize) -> Result<Vec<Value>, DecodeError> {
+    fn items(
+        &mut self,
+        items: &[Slot],
+        depth: usize,
+        shared: bool,
+    ) -> Result<Vec<Value>, DecodeError> {
         let mut out = Vec::with_capacity(items.len().min(self.max_nodes));
         for item in items {
-            out.push(self.value(*item, depth + 1)?);
+            out.push(self.value(*item, depth + 1, shared)?);
         }
         Ok(out)
     }
@@ -253,9 +291,22 @@ impl Build<'_> {
         }
         Ok(())
     }
+}
 
-    fn text(&mut self, s: &str) -> Result<String, DecodeError> {
-        self.count_bytes(s.len())?;
-        Ok(s.to_owned())
+/// An arena entry on its way into a [`Value`].
+enum Taken {
+    Str(String),
+    BigInt(String),
+    Bytes(Vec<u8>),
+    List(Vec<Slot>),
+    Tuple(Vec<Slot>),
+    Dict(Vec<(Slot, Slot)>),
+}
+
+fn take_or_copy<T: Copy>(items: &mut Vec<T>, shared: bool) -> Vec<T> {
+    if shared {
+        items.clone()
+    } else {
+        std::mem::take(items)
     }
 }
