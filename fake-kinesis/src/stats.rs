@@ -101,6 +101,9 @@ pub struct Stats {
     /// Firehose records accepted (each a PutRecordBatch entry).
     pub firehose_records_accepted: AtomicU64,
     pub firehose_bytes_accepted: AtomicU64,
+    /// By second since start: PutRecords entries accepted, their bytes (data and partition keys)
+    /// and entries refused for throughput.
+    pub per_second: Mutex<Vec<[u64; 3]>>,
 }
 
 impl Stats {
@@ -129,7 +132,21 @@ impl Stats {
         })
     }
 
+    /// Adds one request's outcome to second `second`'s counts.
+    pub fn count_second(&self, second: u64, accepted: u64, bytes: u64, refused: u64) {
+        let mut seconds = lock(&self.per_second);
+        let index = second as usize;
+        if seconds.len() <= index {
+            seconds.resize(index + 1, [0; 3]);
+        }
+        let counts = &mut seconds[index];
+        counts[0] += accepted;
+        counts[1] += bytes;
+        counts[2] += refused;
+    }
+
     pub fn reset(&self) {
+        lock(&self.per_second).clear();
         for counter in [
             &self.requests,
             &self.put_records_calls,
