@@ -136,6 +136,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             fail_firehose_records: args.fail_firehose_records,
             fail_firehose_http: args.fail_firehose_http,
             expire_iterators: args.expire_iterators,
+            other_writer_share: 0.0,
         },
         store: args.store,
         track_duplicates: args.track_duplicates,

@@ -166,9 +166,9 @@ fn put_one(
             }
         };
     }
-    if faults.shard_limits
-        && !shard.admit(server.window, server.current_slot(), entry.size() as u64)
-    {
+    let share = 1.0 - faults.other_writer_share;
+    let size = entry.size() as u64;
+    if faults.shard_limits && !shard.admit(server.window, server.current_slot(), size, share) {
         server.stats.throttled.fetch_add(1, Relaxed);
         return EntryResult::Failed {
             error_code: THROUGHPUT_EXCEEDED,

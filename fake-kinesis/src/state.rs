@@ -86,9 +86,9 @@ impl Shard {
     }
 
     /// Takes room for one record of `bytes` at slot `now` (tenths of a second since start), or
-    /// says the shard's window is full.
-    pub fn admit(&self, model: WindowModel, now: u64, bytes: u64) -> bool {
-        lock(&self.window).admit(model, now, bytes)
+    /// says the shard's window is full; `share` of the limits is the caller's.
+    pub fn admit(&self, model: WindowModel, now: u64, bytes: u64, share: f64) -> bool {
+        lock(&self.window).admit(model, now, bytes, share)
     }
 }
 
@@ -406,9 +406,11 @@ mod tests {
     fn shard_window_admits_up_to_the_limits_per_second() {
         let shard = Shard::new(ShardRange::split_evenly(1).remove(0), 1);
         let fixed = WindowModel::Fixed;
-        let admitted = (0..2000).filter(|_| shard.admit(fixed, 70, 10)).count() as u64;
+        let admitted = (0..2000)
+            .filter(|_| shard.admit(fixed, 70, 10, 1.0))
+            .count() as u64;
         assert_eq!(admitted, SHARD_RECORDS_PER_SECOND);
-        assert!(shard.admit(fixed, 80, SHARD_BYTES_PER_SECOND));
-        assert!(!shard.admit(fixed, 80, 1));
+        assert!(shard.admit(fixed, 80, SHARD_BYTES_PER_SECOND, 1.0));
+        assert!(!shard.admit(fixed, 80, 1, 1.0));
     }
 }

@@ -38,8 +38,9 @@ pub struct Window {
 
 impl Window {
     /// Takes room for one record of `bytes` at slot `now` (tenths of a second since start), or says
-    /// the window it falls in is full.
-    pub fn admit(&mut self, model: WindowModel, now: u64, bytes: u64) -> bool {
+    /// the window it falls in is full. `share` of the limits is the caller's (another writer
+    /// takes the rest).
+    pub fn admit(&mut self, model: WindowModel, now: u64, bytes: u64, share: f64) -> bool {
         let oldest = match model {
             WindowModel::Fixed => now - now % SLOTS_PER_SECOND,
             WindowModel::Sliding => now.saturating_sub(SLOTS_PER_SECOND - 1),
@@ -51,7 +52,11 @@ impl Window {
             .fold((0, 0), |(records, used), slot| {
                 (records + slot.records, used + slot.bytes)
             });
-        if records + 1 > SHARD_RECORDS_PER_SECOND || used + bytes > SHARD_BYTES_PER_SECOND {
+        let (most_records, most_bytes) = (
+            (SHARD_RECORDS_PER_SECOND as f64 * share) as u64,
+            (SHARD_BYTES_PER_SECOND as f64 * share) as u64,
+        );
+        if records + 1 > most_records || used + bytes > most_bytes {
             return false;
         }
         let slot = &mut self.slots[(now % SLOTS_PER_SECOND) as usize];
@@ -74,7 +79,7 @@ mod tests {
     /// Admits `count` records of `bytes` at slot `now`; returns how many went in.
     fn fill(window: &mut Window, model: WindowModel, now: u64, count: u64, bytes: u64) -> u64 {
         (0..count)
-            .filter(|_| window.admit(model, now, bytes))
+            .filter(|_| window.admit(model, now, bytes, 1.0))
             .count() as u64
     }
 
@@ -113,16 +118,27 @@ mod tests {
         // At slot 10 the fixed model starts a new second, the sliding one still holds slot 5.
         let mut fixed = Window::default();
         let mut sliding = Window::default();
-        assert!(fixed.admit(WindowModel::Fixed, 5, SHARD_BYTES_PER_SECOND));
-        assert!(sliding.admit(WindowModel::Sliding, 5, SHARD_BYTES_PER_SECOND));
-        assert!(fixed.admit(WindowModel::Fixed, 10, SHARD_BYTES_PER_SECOND));
-        assert!(!sliding.admit(WindowModel::Sliding, 10, 1));
-        assert!(!sliding.admit(WindowModel::Sliding, 14, 1));
-        assert!(sliding.admit(WindowModel::Sliding, 15, SHARD_BYTES_PER_SECOND));
+        assert!(fixed.admit(WindowModel::Fixed, 5, SHARD_BYTES_PER_SECOND, 1.0));
+        assert!(sliding.admit(WindowModel::Sliding, 5, SHARD_BYTES_PER_SECOND, 1.0));
+        assert!(fixed.admit(WindowModel::Fixed, 10, SHARD_BYTES_PER_SECOND, 1.0));
+        assert!(!sliding.admit(WindowModel::Sliding, 10, 1, 1.0));
+        assert!(!sliding.admit(WindowModel::Sliding, 14, 1, 1.0));
+        assert!(sliding.admit(WindowModel::Sliding, 15, SHARD_BYTES_PER_SECOND, 1.0));
     }
 
     /// Whatever the arrival pattern, no ten consecutive slots hold more than the limit under the
     /// sliding model.
+    #[test]
+    fn another_writer_leaves_the_rest() {
+        let mut window = Window::default();
+        let admitted = (0..1000)
+            .filter(|_| window.admit(WindowModel::Sliding, 3, 10, 0.4))
+            .count();
+        assert_eq!(admitted, 400);
+        assert!(!window.admit(WindowModel::Sliding, 12, 10, 0.4));
+        assert!(window.admit(WindowModel::Sliding, 12, 10, 1.0));
+    }
+
     #[test]
     fn sliding_never_admits_more_than_the_limit_in_any_ten_slots() {
         let mut window = Window::default();
