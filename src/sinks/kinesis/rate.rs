@@ -11,7 +11,8 @@
 //!   records are bigger than a request's share (compressed aggregates);
 //! - a factor on both, from throttling feedback: down by the share refused (at most 30%), then
 //!   back quickly to just under where it was throttled, slowly past it (probing), and quickly
-//!   again beyond, like TCP CUBIC's shape.
+//!   again beyond, like TCP CUBIC's shape; the climb goes at the pace of the share accepted, so a
+//!   shard that refuses everything keeps the factor at its floor.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -45,11 +46,13 @@ const GENTLEST_DECREASE: f64 = 0.95;
 /// give away far more than the excess) ...
 const DECREASE: f64 = 0.7;
 /// ... at most once per this long (the requests in flight when a shard starts throttling all come
-/// back throttled: that is one signal, not several), without recovering meanwhile ...
+/// back throttled: that is one signal, not several) ...
 const DECREASE_INTERVAL: Duration = Duration::from_millis(500);
 /// ... never below this fraction of the limit.
 const MIN_FACTOR: f64 = 0.1;
-/// Then it climbs by this fraction of the limit per second ...
+/// It climbs, at the pace of the share of entries accepted since the last decrease (not at all
+/// while the shard refuses everything, nearly in full when it refuses a few entries whatever the
+/// rate), by this fraction of the limit per second ...
 const CLIMB_PER_SECOND: f64 = 0.4;
 /// ... up to this share of the factor at which it was throttled, and from there by this much per
 /// second ...
@@ -140,13 +143,11 @@ impl Bucket {
             return;
         }
         self.at = now;
-        let hold_until = self.decreased_at.map(|at| at + DECREASE_INTERVAL);
-        let climbing = match hold_until {
-            Some(until) if until >= now => 0.0,
-            Some(until) => elapsed.min(now.duration_since(until).as_secs_f64()),
-            None => elapsed,
-        };
-        self.factor = climb(self.factor, self.ceiling, climbing);
+        // The climb goes at the pace of the share accepted since the last decrease: not at all while
+        // the shard refuses everything, nearly in full when it refuses a few entries whatever the
+        // rate.
+        let accepted = 1.0 - self.refused as f64 / self.sent.max(1) as f64;
+        self.factor = climb(self.factor, self.ceiling, elapsed * accepted);
         let (records_rate, bytes_rate) = self.rates();
         self.records = (self.records + elapsed * records_rate).min(records_rate * BURST_SECONDS);
         self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate * BURST_SECONDS);
@@ -261,7 +262,6 @@ impl ShardLimiter {
         let bucket = buckets
             .entry(Arc::clone(shard))
             .or_insert_with(|| Bucket::new(now));
-        bucket.refill(now);
         if bucket.refused == 0
             && now.saturating_duration_since(bucket.window_at) >= DECREASE_INTERVAL
         {
@@ -270,6 +270,8 @@ impl ShardLimiter {
         }
         bucket.sent += sent;
         bucket.refused += refused.min(sent);
+        // After counting this outcome: a call answered after a long silence tells how that time went.
+        bucket.refill(now);
         if refused == 0 {
             return;
         }
