@@ -8,7 +8,13 @@ line arrived, and fails loudly otherwise):
      RSS (wait4), and the idle RSS of a shipper tailing an empty file.
   B  one shard WITH the Kinesis write limits (1000 records/s, 1 MiB/s), a Celery-like corpus of
      ~150-byte lines: user lines per second through the shard for raw, --aggregate,
-     --aggregate --compress gzip and --aggregate --compress zstd.
+     --aggregate --compress gzip and --aggregate --compress zstd; under each way the endpoint
+     can count the limits (--window fixed|sliding|both): fixed one-second windows, or the last
+     second in ten 100 ms slots. Throttled entries, the shard's use (bytes accepted / 1 MiB/s)
+     and its use in each second of the run (entries / 1000 or bytes / 1 MiB, the larger). Then
+     a gzip run while another writer takes 60% of the shard from 3 s to 7 s (the endpoint's
+     other_writer_share fault; --b-lines-contention): how the shipper backs off, and how soon
+     after the other writer left it is back at >= 90% of the shard.
   C  30% per-entry failures and 5% HTTP 500s (--track-duplicates), raw and --aggregate: every
      line delivered; duplicates (endpoint) and retries (shipper's /metrics).
   D  latency from write to acceptance by the endpoint at a low rate (200 lines/s for 10 s):
@@ -27,6 +33,9 @@ line arrived, and fails loudly otherwise):
     scripts/bench.sh --quick                 # smaller inputs: a few minutes on 2 cores
     scripts/bench.sh --scenario A,B --size-mib 256
 
+Each scenario prints the machine and, beside its figures, the ones the README publishes
+(scripts/bench_published.json), so a regression shows at a glance.
+
 Timings are measured, never asserted. A mode the shipper refuses (exit 64, e.g. a flag this
 build does not have) is reported as such and does not stop the suite.
 """
@@ -42,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -49,6 +59,58 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 DEADLINE_SECONDS = 300  # per run; --run-timeout
+MIB = 1024 * 1024
+# Kinesis per-shard write limits (the endpoint's --shard-limits).
+SHARD_RECORDS_PER_SECOND = 1000
+SHARD_BYTES_PER_SECOND = MIB
+
+
+def load_published():
+    try:
+        with open(os.path.join(ROOT, "scripts", "bench_published.json")) as published:
+            return json.load(published)
+    except (OSError, ValueError):
+        return {}
+
+
+PUBLISHED = load_published()
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({model or 'unknown CPU'})"
+
+
+def header(title):
+    """A scenario's heading, with the machine it ran on and the machine of the published figures."""
+    print(f"### {title}\n")
+    print(f"machine: {machine()}; published figures (README) from: "
+          f"{PUBLISHED.get('machine', 'none')}\n")
+
+
+def published(*path):
+    """A published figure, or None."""
+    value = PUBLISHED
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def versus(text, value, *path):
+    """`text` beside the published figure at `path` and the change, e.g. `28,100 (README 28,239, -0%)`."""
+    before = published(*path)
+    if before is None or value is None:
+        return f"{text} (README: none)"
+    change = f", {100 * (value - before) / before:+.0f}%" if before else ""
+    return f"{text} (README {before:,}{change})"
 
 
 class Refused(Exception):
@@ -176,6 +238,7 @@ def kinesis_call(port, operation, payload):
 
 class Endpoint:
     def __init__(self, *flags, shards=1, threads=1):
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             [os.path.join(RELEASE, "fake-kinesis"), "--addr", "127.0.0.1:0", "--stream", "bench",
              "--shards", str(shards), "--threads", str(threads), *flags],
@@ -188,6 +251,9 @@ class Endpoint:
 
     def stats(self):
         return stats(self.port)
+
+    def set_faults(self, **faults):
+        get_json(self.port, "/faults", method="POST", body=json.dumps(faults).encode())
 
     def close(self):
         self.process.terminate()
@@ -375,16 +441,20 @@ def scenario_a(args, work):
                 pass
 
     mb = size / 1e6
-    print(f"### A: large file, no shard limits\n")
+    mode = "aggregate" if "--aggregate" in flags else "one record per line"
+    header(f"A: large file, no shard limits ({mode})")
     print(f"file: {size / 2**20:.0f} MiB, {lines} lines of {args.line_bytes} B; shards: {args.shards}; "
           f"endpoint threads: {args.endpoint_threads}; flags: {' '.join(flags)}\n")
     table(["metric", "value"], [
-        ["lines/s", f"{lines / elapsed:,.0f}"],
-        ["MB/s", f"{mb / elapsed:,.1f}"],
-        ["CPU-seconds per GB", f"{cpu / (size / 1e9):.2f}"],
+        ["lines/s", versus(f"{lines / elapsed:,.0f}", lines / elapsed, "A", mode, "lines/s")],
+        ["MB/s", versus(f"{mb / elapsed:,.1f}", mb / elapsed, "A", mode, "MB/s")],
+        ["CPU-seconds per GB", versus(f"{cpu / (size / 1e9):.2f}", cpu / (size / 1e9), "A", mode,
+                                      "CPU-s/GB")],
         ["CPU use (CPU-s / wall-s)", f"{cpu / elapsed:.2f}"],
-        ["peak RSS", f"{usage.ru_maxrss / 1024:.1f} MiB"],
-        ["idle RSS", f"{idle_rss / 1024:.1f} MiB"],
+        ["peak RSS", versus(f"{usage.ru_maxrss / 1024:.1f} MiB", usage.ru_maxrss / 1024, "A", mode,
+                            "peak RSS MiB")],
+        ["idle RSS", versus(f"{idle_rss / 1024:.1f} MiB", idle_rss / 1024, "A", mode,
+                            "idle RSS MiB")],
         ["records accepted / lines", f"{final.get('user_records_accepted')} / {lines}"],
         ["PutRecords calls", final.get("put_records_calls")],
         ["exit status", code],
@@ -401,49 +471,156 @@ B_MODES = [
 ]
 
 
+def windows(args):
+    return ["fixed", "sliding"] if args.window == "both" else [args.window]
+
+
+def shard_seconds(endpoint):
+    """The endpoint's per-second counts, [entries, bytes, refused], from the first second with any
+    entry accepted or refused to the last."""
+    seconds = get_json(endpoint.port, "/stats/seconds")["seconds"]
+    busy = [index for index, (entries, _, refused) in enumerate(seconds) if entries or refused]
+    return seconds[busy[0]:busy[-1] + 1] if busy else []
+
+
+def shard_use(entries, nbytes):
+    """A second's use of one shard: the larger of its two limits' shares."""
+    return max(entries / SHARD_RECORDS_PER_SECOND, nbytes / SHARD_BYTES_PER_SECOND)
+
+
+def timeline(seconds):
+    """Each second's shard use in percent, `!` after a second with refused entries."""
+    return " ".join(f"{100 * shard_use(entries, nbytes):.0f}{'!' if refused else ''}"
+                    for entries, nbytes, refused in seconds)
+
+
+def recovery(seconds):
+    """Seconds from the first second with refusals to the next second at >= 90% use, or None."""
+    first = next((index for index, second in enumerate(seconds) if second[2]), None)
+    if first is None:
+        return None
+    for index in range(first + 1, len(seconds) - 1):  # the last second is partial
+        if shard_use(seconds[index][0], seconds[index][1]) >= 0.9:
+            return index - first
+    return "not within the run"
+
+
+# Scenario B's run with another writer on the shard: the mode, the share of the shard's limits the
+# other writer takes, and from when to when (seconds after the shipper starts).
+CONTENTION = ("aggregate + gzip", ["--aggregate", "--compress", "gzip"], 0.6, 3.0, 7.0)
+
+
+def contention_run(args, work, window, corpus):
+    """B's gzip mode while another writer takes 60% of the shard for four seconds: the shard's use
+    per second shows how the shipper backs off, and how soon it is back near the limit."""
+    name, mode_flags, share, start, stop = CONTENTION
+    count = args.b_lines_contention
+    log = os.path.join(work, f"b-{window}-contention.log")
+    write_lines(log, corpus[:count])
+    endpoint = Endpoint("--shard-limits", "--window", window, shards=1)
+    flags = mode_flags + args.b_flags.split()
+    timers = [threading.Timer(start, endpoint.set_faults, kwargs={"other_writer_share": share}),
+              threading.Timer(stop, endpoint.set_faults, kwargs={"other_writer_share": 0.0})]
+    for timer in timers:
+        timer.start()
+    left_at = time.monotonic() + stop
+    try:
+        elapsed, code, usage, final = ship_until(
+            log, endpoint, os.path.join(work, f"b-data-{window}-contention"), flags,
+            lambda s: s.get("user_records_accepted", 0) >= count, f"scenario B {window} contention")
+        seconds = get_json(endpoint.port, "/stats/seconds")["seconds"]
+    finally:
+        for timer in timers:
+            timer.cancel()
+        endpoint.close()
+        os.remove(log)
+    # Seconds of the endpoint's clock: the first whole second after the other writer left, and the
+    # first at >= 90% from there.
+    left = left_at - endpoint.started
+    first_whole = int(left) + 1
+    back = next((index for index in range(first_whole, len(seconds) - 1)
+                 if shard_use(seconds[index][0], seconds[index][1]) >= 0.9), None)
+    busy = [index for index, (entries, _, refused) in enumerate(seconds) if entries or refused]
+    shown = seconds[busy[0]:busy[-1] + 1] if busy else []
+    recovered = ("not within the run" if back is None
+                 else f"{back - left:.1f} s after it left (second {back - busy[0]} of the run)")
+    return (f"- {name}, another writer taking {share:.0%} of the shard from {start:.0f} s to "
+            f"{stop:.0f} s after start ({count} lines, {count / elapsed:,.0f} lines/s, "
+            f"{final['throttled']} entries throttled); first whole second at >= 90%: {recovered}: "
+            f"{timeline(shown)}")
+
+
 def scenario_b(args, work):
     count_raw, count_agg = args.b_lines_raw, args.b_lines_agg
-    corpus = celery_corpus(max(count_raw, count_agg))
+    corpus = celery_corpus(max(count_raw, count_agg, args.b_lines_contention))
     mean = sum(len(line) + 1 for line in corpus) / len(corpus)
-    rows = []
-    for name, mode_flags in B_MODES:
-        count = count_raw if name == "raw" else count_agg
-        log = os.path.join(work, f"b-{len(rows)}.log")
-        size = write_lines(log, corpus[:count])
-        endpoint = Endpoint("--shard-limits", shards=1)
-        flags = mode_flags + args.b_flags.split()
-        try:
-            elapsed, code, usage, final = ship_until(
-                log, endpoint, os.path.join(work, f"b-data-{len(rows)}"), flags,
-                lambda s: s.get("user_records_accepted", 0) >= count, f"scenario B {name}")
-        except Refused as refusal:
-            rows.append([name, " ".join(flags), count, "refused (exit 64)", str(refusal)[:80],
-                         "", "", "", "", ""])
-            continue
-        except Incomplete as incomplete:
-            FAILURES.append(f"B {name}: {incomplete}")
-            rows.append([name, " ".join(flags), count, "**INCOMPLETE**", str(incomplete),
-                         "", "", "", "", ""])
-            continue
-        finally:
-            endpoint.close()
-            os.remove(log)
-        records = final["kinesis_records_accepted"]
-        cpu = usage.ru_utime + usage.ru_stime
-        rows.append([
-            name, " ".join(flags) or "(none)", count, f"{count / elapsed:,.0f}", f"{elapsed:.1f}",
-            f"{records / elapsed:,.0f}", f"{final['user_records_accepted'] / max(records, 1):,.1f}",
-            f"{final['user_bytes_accepted'] / max(final['bytes'], 1):.2f}",
-            final["throttled"], f"{cpu:.2f}",
-        ])
-        if final.get("user_records_accepted", 0) < count or code != 0:
-            sys.exit(f"scenario B {name}: not every line arrived or exit {code}: {final}")
-    print("### B: one shard with the Kinesis write limits (1000 records/s, 1 MiB/s)\n")
-    print(f"Celery-like corpus, mean line {mean:.0f} B (newline included); time from start until "
-          f"the endpoint accepted every line.\n")
-    table(["mode", "flags", "lines", "lines/s", "seconds", "Kinesis records/s",
-           "lines per Kinesis record", "user bytes / sent bytes", "throttled entries", "CPU-s"],
-          rows)
+    for window in windows(args):
+        rows, timelines = [], []
+        for name, mode_flags in B_MODES:
+            count = count_raw if name == "raw" else count_agg
+            log = os.path.join(work, f"b-{window}-{len(rows)}.log")
+            size = write_lines(log, corpus[:count])
+            endpoint = Endpoint("--shard-limits", "--window", window, shards=1)
+            flags = mode_flags + args.b_flags.split()
+            try:
+                elapsed, code, usage, final = ship_until(
+                    log, endpoint, os.path.join(work, f"b-data-{window}-{len(rows)}"), flags,
+                    lambda s: s.get("user_records_accepted", 0) >= count,
+                    f"scenario B {window} {name}")
+                seconds = shard_seconds(endpoint)
+            except Refused as refusal:
+                rows.append([name, " ".join(flags), count, "refused (exit 64)", str(refusal)[:80]]
+                            + [""] * 7)
+                continue
+            except Incomplete as incomplete:
+                FAILURES.append(f"B {window} {name}: {incomplete}")
+                rows.append([name, " ".join(flags), count, "**INCOMPLETE**", str(incomplete)]
+                            + [""] * 7)
+                continue
+            finally:
+                endpoint.close()
+                os.remove(log)
+            records = final["kinesis_records_accepted"]
+            cpu = usage.ru_utime + usage.ru_stime
+            shard_bytes = sum(nbytes for _, nbytes, _ in seconds)
+            # Whole seconds only: the first and last are partly before start and after the end.
+            inner = seconds[1:-1] or seconds
+            steady = statistics.mean(shard_use(e, b) for e, b, _ in inner) if inner else 0
+            rows.append([
+                name, " ".join(flags) or "(none)", count,
+                versus(f"{count / elapsed:,.0f}", count / elapsed, "B", window, name, "lines/s"),
+                f"{elapsed:.1f}", f"{records / elapsed:,.0f}",
+                f"{final['user_records_accepted'] / max(records, 1):,.1f}",
+                f"{final['user_bytes_accepted'] / max(final['bytes'], 1):.2f}",
+                versus(str(final["throttled"]), final["throttled"], "B", window, name, "throttled"),
+                f"{100 * shard_bytes / elapsed / SHARD_BYTES_PER_SECOND:.0f}%",
+                f"{100 * steady:.0f}%", f"{cpu:.2f}",
+            ])
+            timelines.append((name, seconds))
+            if final.get("user_records_accepted", 0) < count or code != 0:
+                sys.exit(f"scenario B {window} {name}: not every line arrived or exit {code}: {final}")
+        header(f"B: one shard with the Kinesis write limits (1000 records/s, 1 MiB/s), "
+               f"{window} windows")
+        print(f"Celery-like corpus, mean line {mean:.0f} B (newline included); time from start "
+              f"until the endpoint accepted every line. The endpoint counts each shard's writes "
+              + ("in fixed one-second windows" if window == "fixed"
+                 else "over the last second in ten 100 ms slots")
+              + ". Bytes use: bytes accepted (data and partition keys) / 1 MiB/s over the run; "
+                "steady use: the mean of whole seconds' use (entries / 1000 or bytes / 1 MiB, "
+                "the larger).\n")
+        table(["mode", "flags", "lines", "lines/s", "seconds", "Kinesis records/s",
+               "lines per Kinesis record", "user bytes / sent bytes", "throttled entries",
+               "bytes use", "steady use", "CPU-s"], rows)
+        contention = contention_run(args, work, window, corpus) if args.b_lines_contention else None
+        print(f"Shard use per second, % ({window} windows; `!`: entries refused in that second; "
+              f"recovery: seconds from the first refusal to a second at >= 90%):\n")
+        for name, seconds in timelines:
+            back = recovery(seconds)
+            note = "" if back is None else f" (recovery: {back})"
+            print(f"- {name}{note}: {timeline(seconds)}")
+        if contention:
+            print(contention)
+        print()
 
 
 def metric(text, name):
@@ -508,7 +685,7 @@ def run_c(args, work, name, mode_flags, corpus):
         f"{metric(metrics, 'shipper_put_records_requests_total'):.0f}",
         f"{metric(metrics, 'shipper_put_records_failed_total'):.0f}",
         f"{metric(metrics, 'shipper_records_dead_lettered_total'):.0f}",
-        f"{elapsed:.1f}", f"{count / elapsed:,.0f}", code,
+        versus(f"{elapsed:.1f}", elapsed, "C", name, "seconds"), f"{count / elapsed:,.0f}", code,
     ]
 
 
@@ -516,7 +693,7 @@ def scenario_c(args, work):
     corpus = celery_corpus(args.c_lines, seed=11)
     assert len(set(corpus)) == len(corpus), "duplicate counting needs unique lines"
     rows = [run_c(args, work, name, flags, corpus) for name, flags in C_MODES]
-    print("### C: 30% per-entry failures, 5% HTTP 500 (4 shards, no shard limits)\n")
+    header("C: 30% per-entry failures, 5% HTTP 500 (4 shards, no shard limits)")
     print(f"{args.c_lines} Celery-like lines, all different. Duplicates: user records whose data the "
           "endpoint had already accepted. Retries: the shipper's shipper_records_retried_total "
           "(Kinesis records, not lines, when aggregating).\n")
@@ -585,10 +762,14 @@ def scenario_d(args, work):
             sys.exit(f"scenario D {name}: {len(latencies)} of {count} probes arrived, exit {code}")
         values = [1000 * value for value in latencies.values()]
         rows.append([name, " ".join(flags) or "(defaults)", count,
-                     f"{percentile(values, 0.5):.0f}", f"{percentile(values, 0.9):.0f}",
-                     f"{percentile(values, 0.99):.0f}", f"{max(values):.0f}",
+                     versus(f"{percentile(values, 0.5):.0f}", percentile(values, 0.5), "D", name,
+                            "p50 ms"),
+                     f"{percentile(values, 0.9):.0f}",
+                     versus(f"{percentile(values, 0.99):.0f}", percentile(values, 0.99), "D", name,
+                            "p99 ms"),
+                     f"{max(values):.0f}",
                      f"{statistics.mean(values):.0f}"])
-    print(f"### D: latency from write to acceptance, {rate} lines/s for {seconds} s (1 shard)\n")
+    header(f"D: latency from write to acceptance, {rate} lines/s for {seconds} s (1 shard)")
     print("Write time is embedded in each line; arrival time is the endpoint's "
           "ApproximateArrivalTimestamp (GetRecords), same host clock.\n")
     table(["mode", "flags", "lines", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"], rows)
@@ -686,8 +867,9 @@ def scenario_r(args, work):
         missing = total - len(seen)
         if missing or code != 0:
             FAILURES.append(f"R {name}: {missing} of {total} lines missing, exit {code}")
-        rows.append([name, total, len(seen), missing, duplicates, peak, f"{elapsed:.1f}"])
-    print("### R: rotation while behind (2 shards at the real limits)\n")
+        rows.append([name, total, len(seen), missing, duplicates, peak,
+                     versus(f"{elapsed:.1f}", elapsed, "R", name, "seconds")])
+    header("R: rotation while behind (2 shards at the real limits)")
     print(f"{args.r_lines} lines per generation; flags: {args.r_flags or '(defaults)'}.\n")
     table(["case", "lines written", "delivered", "missing", "duplicates", "peak open files",
            "seconds to deliver all"], rows)
@@ -736,9 +918,10 @@ def scenario_k(args, work):
         endpoint.close()
         duplicates = final["duplicate_user_records"]
         per_kill = duplicates / max(kills, 1)
-        rows.append([interval, count, kills, duplicates, f"{per_kill:,.0f}",
+        rows.append([interval, count, kills, duplicates,
+                     versus(f"{per_kill:,.0f}", per_kill, "K", interval, "duplicates per kill"),
                      f"{per_kill / rate:.3f}", f"{rate:,.0f}", f"{cpu / (size / 1e9):.1f}"])
-    print("### K: kill -9 while shipping (4 shards, no limits)\n")
+    header("K: kill -9 while shipping (4 shards, no limits)")
     table(["--checkpoint-interval", "lines", "kills", "duplicates", "duplicates per kill",
            "seconds of full speed per kill", "clean run lines/s", "clean run CPU-s/GB"], rows)
 
@@ -767,6 +950,11 @@ def main():
     parser.add_argument("--b-lines-agg", type=int,
                         help="B: lines for aggregated modes (default 300000, quick 100000)")
     parser.add_argument("--b-flags", default="", help="B: extra shipper flags for every mode")
+    parser.add_argument("--b-lines-contention", type=int, default=400_000,
+                        help="B: lines for the run with another writer on the shard (0: none)")
+    parser.add_argument("--window", choices=["fixed", "sliding", "both"], default="both",
+                        help="B: how the endpoint counts the shard limits: fixed one-second "
+                             "windows, a sliding second of ten 100 ms slots, or a run of each")
     parser.add_argument("--c-lines", type=int, help="C: lines per mode (default 20000, quick 5000)")
     parser.add_argument("--c-flags", default="", help="C: extra shipper flags, e.g. '--aggregate'")
     parser.add_argument("--d-rate", type=int, default=200, help="D: lines per second")
@@ -797,15 +985,8 @@ def main():
                        cwd=ROOT, check=True)
     commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    cpu_model = ""
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in info
-                              if line.startswith("model name")), "")
-    except OSError:
-        pass
     print(f"## shipper benchmark\n")
-    print(f"machine: {os.cpu_count()} cores ({cpu_model}); commit: {commit}; "
+    print(f"machine: {machine()}; commit: {commit}; "
           f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-")
     runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d,

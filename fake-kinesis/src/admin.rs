@@ -19,6 +19,13 @@ pub async fn stats(State(server): State<Arc<Server>>) -> Json<Value> {
     Json(server.stats.snapshot())
 }
 
+/// `GET /stats/seconds`: for each second since the endpoint started, PutRecords entries accepted,
+/// their bytes (data and partition keys, what the shard limits count) and entries refused for
+/// throughput: `{"seconds": [[entries, bytes, refused], ...]}`.
+pub async fn seconds(State(server): State<Arc<Server>>) -> Json<Value> {
+    Json(json!({ "seconds": *lock(&server.stats.per_second) }))
+}
+
 /// `POST /stats/reset`: zeroes the counters and forgets seen data (between scenarios).
 pub async fn reset(State(server): State<Arc<Server>>) -> Json<Value> {
     server.reset();

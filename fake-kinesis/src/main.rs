@@ -4,10 +4,11 @@
 //! Speaks the awsJson1_1 protocol that aws-sdk-kinesis uses (`POST /` with
 //! `X-Amz-Target: Kinesis_20131202.<Operation>`): CreateStream, DeleteStream,
 //! DescribeStreamSummary, DescribeStream, ListShards, SplitShard, MergeShards, PutRecords,
-//! PutRecord, GetShardIterator, GetRecords; and Firehose's PutRecordBatch (Direct PUT). It counts accepted user records after
-//! decompressing and de-aggregating each Kinesis record, can enforce the per-shard write
-//! limits, and injects per-entry failures, HTTP 500s and latency. Admin endpoints:
-//! `GET /stats`, `POST /stats/reset`, `GET|POST /faults`, `GET /records?stream=S`.
+//! PutRecord, GetShardIterator, GetRecords; and Firehose's PutRecordBatch (Direct PUT). It counts
+//! accepted user records after decompressing and de-aggregating each Kinesis record, can enforce
+//! the per-shard write limits (counted in fixed one-second windows or a sliding one, `--window`),
+//! and injects per-entry failures, HTTP 500s and latency. Admin endpoints: `GET /stats`,
+//! `GET /stats/seconds`, `POST /stats/reset`, `GET|POST /faults`, `GET /records?stream=S`.
 //!
 //! The first line on stdout is `listening on ADDR`, so a test can bind port 0 and read it.
 
@@ -19,6 +20,7 @@ mod put;
 mod read;
 mod state;
 mod stats;
+mod window;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -53,6 +55,10 @@ struct Args {
     /// ProvisionedThroughputExceededException.
     #[arg(long)]
     shard_limits: bool,
+    /// How a shard counts its writes against those limits: in fixed one-second windows, or over
+    /// the last second in ten 100 ms slots (stricter for bursty senders).
+    #[arg(long, value_enum, default_value_t = window::WindowModel::Fixed)]
+    window: window::WindowModel,
     /// Probability that one PutRecords entry fails (throughput exceeded or internal failure).
     #[arg(long, default_value_t = 0.0, value_parser = probability)]
     fail_records: f64,
@@ -130,11 +136,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             fail_firehose_records: args.fail_firehose_records,
             fail_firehose_http: args.fail_firehose_http,
             expire_iterators: args.expire_iterators,
+            other_writer_share: 0.0,
         },
         store: args.store,
         track_duplicates: args.track_duplicates,
         max_record_bytes: args.max_record_bytes,
         max_request_bytes: args.max_request_bytes,
+        window: args.window,
     }));
     server.create_stream(&args.stream, usize::from(args.shards));
     for name in &args.delivery_streams {
@@ -146,6 +154,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/", post(api::handle))
         .route("/stats", get(admin::stats))
+        .route("/stats/seconds", get(admin::seconds))
         .route("/stats/reset", post(admin::reset))
         .route("/faults", get(admin::faults).post(admin::set_faults))
         .route("/records", get(admin::records))

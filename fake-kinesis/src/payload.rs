@@ -129,6 +129,7 @@ mod tests {
             track_duplicates,
             max_record_bytes: 1 << 20,
             max_request_bytes: 5 << 20,
+            window: crate::window::WindowModel::Fixed,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::state::{ACCOUNT_ID, Faults, Server, Shard, StoredRecord, now_seconds}
 
 /// Most entries in one PutRecords call (PutRecords API reference).
 pub const MAX_ENTRIES: usize = 500;
+const THROUGHPUT_EXCEEDED: &str = "ProvisionedThroughputExceededException";
 /// Partition key length bounds, in Unicode characters (PutRecordsRequestEntry).
 pub const PARTITION_KEY_CHARS: std::ops::RangeInclusive<usize> = 1..=256;
 
@@ -155,7 +156,7 @@ fn put_one(
         server.stats.failed_entries_injected.fetch_add(1, Relaxed);
         return if rand::random_bool(0.5) {
             EntryResult::Failed {
-                error_code: "ProvisionedThroughputExceededException",
+                error_code: THROUGHPUT_EXCEEDED,
                 error_message: throughput_exceeded(shard.id(), stream),
             }
         } else {
@@ -165,10 +166,12 @@ fn put_one(
             }
         };
     }
-    if faults.shard_limits && !shard.admit(server.current_second(), entry.size() as u64) {
+    let share = 1.0 - faults.other_writer_share;
+    let size = entry.size() as u64;
+    if faults.shard_limits && !shard.admit(server.window, server.current_slot(), size, share) {
         server.stats.throttled.fetch_add(1, Relaxed);
         return EntryResult::Failed {
-            error_code: "ProvisionedThroughputExceededException",
+            error_code: THROUGHPUT_EXCEEDED,
             error_message: throughput_exceeded(shard.id(), stream),
         };
     }
@@ -242,9 +245,11 @@ pub fn put_records(
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut failed_record_count = 0;
+    let (mut accepted, mut accepted_bytes, mut refused) = (0, 0, 0);
     let records = entries
         .into_iter()
         .map(|entry| {
+            let size = entry.size() as u64;
             let result = match topology.open_shard_for_hash(entry.hash_key) {
                 Some(shard) => put_one(server, faults, &stream.name, shard, entry),
                 None => EntryResult::Failed {
@@ -252,10 +257,22 @@ pub fn put_records(
                     error_message: "No open shard covers the hash key.".to_owned(),
                 },
             };
-            failed_record_count += usize::from(matches!(result, EntryResult::Failed { .. }));
+            match &result {
+                EntryResult::Accepted { .. } => {
+                    accepted += 1;
+                    accepted_bytes += size;
+                }
+                EntryResult::Failed { error_code, .. } => {
+                    failed_record_count += 1;
+                    refused += u64::from(*error_code == THROUGHPUT_EXCEEDED);
+                }
+            }
             result
         })
         .collect();
+    server
+        .stats
+        .count_second(server.current_second(), accepted, accepted_bytes, refused);
     body(&PutRecordsOutput {
         failed_record_count,
         records,

@@ -12,6 +12,7 @@ use shipper::shard_map::{ShardMap, ShardRange};
 
 use crate::api::ApiError;
 pub use crate::stats::{Faults, SeenData, Stats};
+use crate::window::{SLOTS_PER_SECOND, Window, WindowModel};
 
 /// Kinesis per-shard write limit, records per second (Kinesis Data Streams quotas).
 pub const SHARD_RECORDS_PER_SECOND: u64 = 1000;
@@ -35,14 +36,6 @@ pub struct StoredRecord {
     pub arrival_seconds: f64,
     pub partition_key: String,
     pub data: bytes::Bytes,
-}
-
-/// Writes within the current one-second window, for the per-shard limits.
-#[derive(Debug, Default)]
-struct Window {
-    second: u64,
-    records: u64,
-    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -92,23 +85,10 @@ impl Shard {
         }
     }
 
-    /// Takes room for one record of `bytes` in the current second, or says it is full.
-    pub fn admit(&self, second: u64, bytes: u64) -> bool {
-        let mut window = lock(&self.window);
-        if window.second != second {
-            *window = Window {
-                second,
-                ..Window::default()
-            };
-        }
-        if window.records + 1 > SHARD_RECORDS_PER_SECOND
-            || window.bytes + bytes > SHARD_BYTES_PER_SECOND
-        {
-            return false;
-        }
-        window.records += 1;
-        window.bytes += bytes;
-        true
+    /// Takes room for one record of `bytes` at slot `now` (tenths of a second since start), or
+    /// says the shard's window is full; `share` of the limits is the caller's.
+    pub fn admit(&self, model: WindowModel, now: u64, bytes: u64, share: f64) -> bool {
+        lock(&self.window).admit(model, now, bytes, share)
     }
 }
 
@@ -260,6 +240,8 @@ pub struct Server {
     pub seen: Option<SeenData>,
     pub max_record_bytes: usize,
     pub max_request_bytes: usize,
+    /// How each shard counts its writes against the limits.
+    pub window: WindowModel,
     /// Bound for decompressing a received record while counting user records.
     pub max_decompressed_bytes: usize,
     sequence: AtomicU64,
@@ -272,6 +254,7 @@ pub struct ServerSettings {
     pub track_duplicates: bool,
     pub max_record_bytes: usize,
     pub max_request_bytes: usize,
+    pub window: WindowModel,
 }
 
 impl Server {
@@ -285,6 +268,7 @@ impl Server {
             seen: settings.track_duplicates.then(SeenData::new),
             max_record_bytes: settings.max_record_bytes,
             max_request_bytes: settings.max_request_bytes,
+            window: settings.window,
             // Our own shipper compresses at fast levels; 64x the record limit leaves room.
             max_decompressed_bytes: settings.max_record_bytes.saturating_mul(64),
             sequence: AtomicU64::new(1),
@@ -301,7 +285,12 @@ impl Server {
         self.sequence.fetch_add(1, Relaxed)
     }
 
-    /// Seconds since start, the clock of the per-shard windows.
+    /// Tenths of a second since start, the clock of the per-shard windows.
+    pub fn current_slot(&self) -> u64 {
+        (self.started.elapsed().as_millis() / u128::from(1000 / SLOTS_PER_SECOND)) as u64
+    }
+
+    /// Seconds since start, the clock of the per-second counters.
     pub fn current_second(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
@@ -363,6 +352,7 @@ mod tests {
             track_duplicates: false,
             max_record_bytes: 1 << 20,
             max_request_bytes: 5 << 20,
+            window: WindowModel::Fixed,
         })
     }
 
@@ -415,9 +405,12 @@ mod tests {
     #[test]
     fn shard_window_admits_up_to_the_limits_per_second() {
         let shard = Shard::new(ShardRange::split_evenly(1).remove(0), 1);
-        let admitted = (0..2000).filter(|_| shard.admit(7, 10)).count() as u64;
+        let fixed = WindowModel::Fixed;
+        let admitted = (0..2000)
+            .filter(|_| shard.admit(fixed, 70, 10, 1.0))
+            .count() as u64;
         assert_eq!(admitted, SHARD_RECORDS_PER_SECOND);
-        assert!(shard.admit(8, SHARD_BYTES_PER_SECOND));
-        assert!(!shard.admit(8, 1));
+        assert!(shard.admit(fixed, 80, SHARD_BYTES_PER_SECOND, 1.0));
+        assert!(!shard.admit(fixed, 80, 1, 1.0));
     }
 }

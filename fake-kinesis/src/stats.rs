@@ -24,6 +24,9 @@ pub struct Faults {
     pub fail_firehose_http: f64,
     /// Probability that a GetRecords call answers ExpiredIteratorException.
     pub expire_iterators: f64,
+    /// Share of every shard's limits that another writer takes (0 to 1): with the per-shard
+    /// limits on, the shipper gets the rest.
+    pub other_writer_share: f64,
 }
 
 /// A partial update of [`Faults`]; absent fields keep their value.
@@ -37,6 +40,7 @@ pub struct FaultsUpdate {
     pub fail_firehose_records: Option<f64>,
     pub fail_firehose_http: Option<f64>,
     pub expire_iterators: Option<f64>,
+    pub other_writer_share: Option<f64>,
 }
 
 impl Faults {
@@ -47,12 +51,15 @@ impl Faults {
             update.fail_firehose_records,
             update.fail_firehose_http,
             update.expire_iterators,
+            update.other_writer_share,
         ]
         .into_iter()
         .flatten()
         {
             if !(0.0..=1.0).contains(&probability) {
-                return Err(format!("probability {probability} is outside 0..=1"));
+                return Err(format!(
+                    "probability or share {probability} is outside 0..=1"
+                ));
             }
         }
         self.fail_records = update.fail_records.unwrap_or(self.fail_records);
@@ -64,6 +71,7 @@ impl Faults {
             .unwrap_or(self.fail_firehose_records);
         self.fail_firehose_http = update.fail_firehose_http.unwrap_or(self.fail_firehose_http);
         self.expire_iterators = update.expire_iterators.unwrap_or(self.expire_iterators);
+        self.other_writer_share = update.other_writer_share.unwrap_or(self.other_writer_share);
         Ok(())
     }
 }
@@ -101,6 +109,9 @@ pub struct Stats {
     /// Firehose records accepted (each a PutRecordBatch entry).
     pub firehose_records_accepted: AtomicU64,
     pub firehose_bytes_accepted: AtomicU64,
+    /// By second since start: PutRecords entries accepted, their bytes (data and partition keys)
+    /// and entries refused for throughput.
+    pub per_second: Mutex<Vec<[u64; 3]>>,
 }
 
 impl Stats {
@@ -129,7 +140,21 @@ impl Stats {
         })
     }
 
+    /// Adds one request's outcome to second `second`'s counts.
+    pub fn count_second(&self, second: u64, accepted: u64, bytes: u64, refused: u64) {
+        let mut seconds = lock(&self.per_second);
+        let index = second as usize;
+        if seconds.len() <= index {
+            seconds.resize(index + 1, [0; 3]);
+        }
+        let counts = &mut seconds[index];
+        counts[0] += accepted;
+        counts[1] += bytes;
+        counts[2] += refused;
+    }
+
     pub fn reset(&self) {
+        lock(&self.per_second).clear();
         for counter in [
             &self.requests,
             &self.put_records_calls,

@@ -16,6 +16,8 @@ mod transport;
 pub use super::{error, retry};
 
 #[cfg(test)]
+mod pacing_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -1,9 +1,20 @@
-//! Per-shard rate control: a token bucket for records and one for bytes per shard, at the Kinesis
-//! write limits, so the shipper does not provoke throttling storms; and additive-increase /
-//! multiplicative-decrease on throttling feedback, so a shard that is shared with other writers
-//! (or whose limit is lower) gets less, then recovers gradually.
+//! Per-shard rate control, so the shipper keeps to the Kinesis write limits however the service
+//! counts them (AWS says "per second" and not how: fixed one-second windows, a sliding second in
+//! 100 ms slots, ...), and backs off smoothly when a shard is shared with other writers.
+//!
+//! Three parts, per shard:
+//! - a token bucket for records and one for bytes: sending is spread evenly, in lumps of at most
+//!   REQUEST_SECONDS of the rate (the batcher cuts requests to that budget), with a small burst;
+//! - a log of the last second's sends: a send waits until what went out in the last
+//!   GUARD_WINDOW plus the send stays under GUARD_SHARE of the limit. That bounds every span of
+//!   one second, so every window model that honours the limits accepts it, even when single
+//!   records are bigger than a request's share (compressed aggregates);
+//! - a factor on both, from throttling feedback: down by the share refused (at most 30%), then
+//!   back quickly to just under where it was throttled, slowly past it (probing), and quickly
+//!   again beyond, like TCP CUBIC's shape; the climb goes at the pace of the share accepted, so a
+//!   shard that refuses everything keeps the factor at its floor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,30 +24,42 @@ use tokio::time::Instant;
 pub const SHARD_RECORDS_PER_SECOND: f64 = 1000.0;
 /// ... and up to 1 MiB per second per shard, data plus partition keys.
 pub const SHARD_BYTES_PER_SECOND: f64 = 1024.0 * 1024.0;
-/// Pace at this fraction of the limits, with a burst of BURST_SECONDS of that rate, so that any
-/// one-second window (how Kinesis measures) holds at most rate + burst, under 95% of the limit. The
-/// rest absorbs the jitter of requests in flight (a request sent just before a second ends may
-/// arrive just after).
-const UTILISATION: f64 = 0.9;
-const BURST_SECONDS: f64 = 0.05;
+/// The buckets fill at this fraction of the limits.
+const UTILISATION: f64 = 0.93;
+/// A bucket holds at most this long's worth of its rate: what goes at once after a pause.
+const BURST_SECONDS: f64 = 0.02;
+/// What one request may carry per shard: this long's worth of the paced rate. Small lumps keep any
+/// 100 ms of a shard's traffic under its 100 ms share, and any second under the limit with room
+/// left for requests that arrive a little late or early.
+const REQUEST_SECONDS: f64 = 0.04;
+/// The guard: what goes out in any span this long (a second, and 20 ms for requests delayed in
+/// flight) ...
+const GUARD_WINDOW: Duration = Duration::from_millis(1020);
+/// ... stays under this share of the limits (times the throttling factor). Steady pacing stays
+/// under it (1.02 s at the rate plus one request's lump is 98.6% of the limits): the guard binds
+/// only for records bigger than a request's share and for bursts.
+const GUARD_SHARE: f64 = 0.99;
 /// A throttled shard's rate is multiplied by the share of its entries it accepted since the last
 /// decrease (Kinesis accepts up to its limit and refuses the rest), by at most this ...
-const GENTLEST_DECREASE: f64 = 0.9;
-/// ... and at least this ...
-const DECREASE: f64 = 0.5;
+const GENTLEST_DECREASE: f64 = 0.95;
+/// ... and at least this (a smoothly paced sender is refused for a small excess: halving would
+/// give away far more than the excess) ...
+const DECREASE: f64 = 0.7;
 /// ... at most once per this long (the requests in flight when a shard starts throttling all come
 /// back throttled: that is one signal, not several) ...
-const DECREASE_INTERVAL: Duration = Duration::from_secs(1);
-/// ... never below this fraction of the limit ...
+const DECREASE_INTERVAL: Duration = Duration::from_millis(500);
+/// ... never below this fraction of the limit.
 const MIN_FACTOR: f64 = 0.1;
-/// ... and recovers by this fraction of the limit per second without throttling.
-const INCREASE_PER_SECOND: f64 = 0.1;
-
-/// What one request may carry per shard: a tenth of a second at the paced rate. A request is a lump
-/// of a shard's budget; a one-second window that catches one lump more than the pace allows (a
-/// request delayed in flight from one second into the next) then stays near the limit
-/// (0.9 + 0.09 + the burst), where half-second lumps could put 1.4 seconds' worth in it.
-const REQUEST_SECONDS: f64 = 0.1;
+/// It climbs, at the pace of the share of entries accepted since the last decrease (not at all
+/// while the shard refuses everything, nearly in full when it refuses a few entries whatever the
+/// rate), by this fraction of the limit per second ...
+const CLIMB_PER_SECOND: f64 = 0.4;
+/// ... up to this share of the factor at which it was throttled, and from there by this much per
+/// second ...
+const NEAR_CEILING: f64 = 0.95;
+const PROBE_PER_SECOND: f64 = 0.1;
+/// ... up to this share of it, past which the shard has room again and the climb is quick.
+const PAST_CEILING: f64 = 1.05;
 
 pub fn batch_budget() -> crate::batch::ShardBudget {
     crate::batch::ShardBudget {
@@ -45,11 +68,43 @@ pub fn batch_budget() -> crate::batch::ShardBudget {
     }
 }
 
+/// The throttling factor after `seconds` of climbing from `factor`, throttled last at `ceiling`.
+fn climb(mut factor: f64, ceiling: f64, mut seconds: f64) -> f64 {
+    while seconds > 0.0 && factor < 1.0 {
+        let (end, speed) = if factor < ceiling * NEAR_CEILING {
+            (ceiling * NEAR_CEILING, CLIMB_PER_SECOND)
+        } else if factor < ceiling * PAST_CEILING {
+            (ceiling * PAST_CEILING, PROBE_PER_SECOND)
+        } else {
+            (1.0, CLIMB_PER_SECOND)
+        };
+        let end = end.min(1.0);
+        let needed = (end - factor) / speed;
+        if needed >= seconds {
+            factor += seconds * speed;
+            break;
+        }
+        factor = end;
+        seconds -= needed;
+    }
+    factor.min(1.0)
+}
+
+/// One send in a shard's log: when, and what it carried.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    records: f64,
+    bytes: f64,
+}
+
 #[derive(Debug)]
 struct Bucket {
     records: f64,
     bytes: f64,
     factor: f64,
+    /// The factor at the last decrease: the climb slows near it.
+    ceiling: f64,
     at: Instant,
     decreased_at: Option<Instant>,
     /// Entries sent and refused for throughput since `window_at`: the share refused is what a
@@ -57,6 +112,10 @@ struct Bucket {
     sent: u64,
     refused: u64,
     window_at: Instant,
+    /// Sends planned in the last GUARD_WINDOW, oldest first, and their sums.
+    log: VecDeque<Sent>,
+    logged_records: f64,
+    logged_bytes: f64,
 }
 
 impl Bucket {
@@ -65,24 +124,30 @@ impl Bucket {
             records: SHARD_RECORDS_PER_SECOND * UTILISATION * BURST_SECONDS,
             bytes: SHARD_BYTES_PER_SECOND * UTILISATION * BURST_SECONDS,
             factor: 1.0,
+            ceiling: 1.0,
             at: now,
             decreased_at: None,
             sent: 0,
             refused: 0,
             window_at: now,
+            log: VecDeque::new(),
+            logged_records: 0.0,
+            logged_bytes: 0.0,
         }
     }
 
     /// Refill for the time passed, capped at the burst allowed.
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        let calm = self
-            .decreased_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= DECREASE_INTERVAL);
-        if calm {
-            self.factor = (self.factor + elapsed * INCREASE_PER_SECOND).min(1.0);
+        if elapsed <= 0.0 {
+            return;
         }
+        self.at = now;
+        // The climb goes at the pace of the share accepted since the last decrease: not at all while
+        // the shard refuses everything, nearly in full when it refuses a few entries whatever the
+        // rate.
+        let accepted = 1.0 - self.refused as f64 / self.sent.max(1) as f64;
+        self.factor = climb(self.factor, self.ceiling, elapsed * accepted);
         let (records_rate, bytes_rate) = self.rates();
         self.records = (self.records + elapsed * records_rate).min(records_rate * BURST_SECONDS);
         self.bytes = (self.bytes + elapsed * bytes_rate).min(bytes_rate * BURST_SECONDS);
@@ -94,6 +159,52 @@ impl Bucket {
             SHARD_RECORDS_PER_SECOND * scale,
             SHARD_BYTES_PER_SECOND * scale,
         )
+    }
+
+    /// The earliest time at or after `at` when `records` and `bytes` more keep every
+    /// GUARD_WINDOW of the log under the guard (or the log is empty: a record bigger than the
+    /// guard still goes, alone).
+    fn guard(&self, at: Instant, records: f64, bytes: f64) -> Instant {
+        let most_records = SHARD_RECORDS_PER_SECOND * GUARD_SHARE * self.factor;
+        let most_bytes = SHARD_BYTES_PER_SECOND * GUARD_SHARE * self.factor;
+        // Sends are logged in order, and never before the last one.
+        let mut at = self.log.back().map_or(at, |last| at.max(last.at));
+        let (mut logged_records, mut logged_bytes) = (self.logged_records, self.logged_bytes);
+        for sent in &self.log {
+            let in_window = sent.at + GUARD_WINDOW > at;
+            if in_window
+                && logged_records + records <= most_records
+                && logged_bytes + bytes <= most_bytes
+            {
+                break;
+            }
+            if in_window {
+                // Wait until this send leaves the window.
+                at = sent.at + GUARD_WINDOW;
+            }
+            logged_records -= sent.records;
+            logged_bytes -= sent.bytes;
+        }
+        at
+    }
+
+    fn log(&mut self, at: Instant, records: f64, bytes: f64) {
+        while let Some(oldest) = self.log.front() {
+            if oldest.at + GUARD_WINDOW > at {
+                break;
+            }
+            self.logged_records -= oldest.records;
+            self.logged_bytes -= oldest.bytes;
+            self.log.pop_front();
+        }
+        if self.log.is_empty() {
+            // Clear the float residue of the subtractions.
+            self.logged_records = 0.0;
+            self.logged_bytes = 0.0;
+        }
+        self.log.push_back(Sent { at, records, bytes });
+        self.logged_records += records;
+        self.logged_bytes += bytes;
     }
 }
 
@@ -112,11 +223,12 @@ impl ShardLimiter {
     }
 
     /// Take what a call will use on each shard (`(shard, records, bytes)`), and return how long to
-    /// wait before sending so that no shard goes over its rate. Tokens may go negative: the wait
-    /// pays the debt, and later callers queue behind it.
+    /// wait before sending so that no shard goes over its rate, nor its guard. Tokens may go
+    /// negative: the wait pays the debt, and later callers queue behind it. The caller must send
+    /// after that wait: the send is logged at that time.
     pub fn reserve(&self, usage: &[(Arc<str>, u64, u64)], now: Instant) -> Duration {
         let mut buckets = self.lock();
-        let mut wait = 0.0f64;
+        let mut send_at = now;
         for (shard, records, bytes) in usage {
             let bucket = buckets
                 .entry(Arc::clone(shard))
@@ -125,16 +237,24 @@ impl ShardLimiter {
             bucket.records -= *records as f64;
             bucket.bytes -= *bytes as f64;
             let (records_rate, bytes_rate) = bucket.rates();
-            wait = wait
-                .max(-bucket.records / records_rate)
-                .max(-bucket.bytes / bytes_rate);
+            let wait = (-bucket.records / records_rate)
+                .max(-bucket.bytes / bytes_rate)
+                .max(0.0);
+            let paced = now + Duration::from_secs_f64(wait);
+            send_at = send_at.max(bucket.guard(paced, *records as f64, *bytes as f64));
         }
-        Duration::from_secs_f64(wait.max(0.0))
+        // Every shard's log gets the time the call really goes (the latest any shard allows).
+        for (shard, records, bytes) in usage {
+            if let Some(bucket) = buckets.get_mut(shard) {
+                bucket.log(send_at, *records as f64, *bytes as f64);
+            }
+        }
+        send_at.saturating_duration_since(now)
     }
 
     /// What became of the entries a call sent to `shard`: `sent` in all, `refused` of them for
     /// throughput. When the shard refuses some, its rate is scaled by the share it accepted since
-    /// the last decrease (0.5 to 0.9), at most once per DECREASE_INTERVAL, and what is left of its
+    /// the last decrease (0.7 to 0.95), at most once per DECREASE_INTERVAL, and what is left of its
     /// burst is spent. One call's share alone would be too noisy: a retry of three entries with
     /// two refused is not a shard two thirds over its limit.
     pub fn outcome(&self, shard: &Arc<str>, sent: u64, refused: u64, now: Instant) {
@@ -142,7 +262,6 @@ impl ShardLimiter {
         let bucket = buckets
             .entry(Arc::clone(shard))
             .or_insert_with(|| Bucket::new(now));
-        bucket.refill(now);
         if bucket.refused == 0
             && now.saturating_duration_since(bucket.window_at) >= DECREASE_INTERVAL
         {
@@ -151,6 +270,8 @@ impl ShardLimiter {
         }
         bucket.sent += sent;
         bucket.refused += refused.min(sent);
+        // After counting this outcome: a call answered after a long silence tells how that time went.
+        bucket.refill(now);
         if refused == 0 {
             return;
         }
@@ -163,6 +284,7 @@ impl ShardLimiter {
             return;
         }
         let accepted = 1.0 - bucket.refused as f64 / bucket.sent.max(1) as f64;
+        bucket.ceiling = bucket.factor;
         bucket.factor =
             (bucket.factor * accepted.clamp(DECREASE, GENTLEST_DECREASE)).max(MIN_FACTOR);
         bucket.decreased_at = Some(now);
@@ -177,144 +299,5 @@ impl ShardLimiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn shard(name: &str) -> Arc<str> {
-        Arc::from(name)
-    }
-
-    const RECORDS_RATE: f64 = SHARD_RECORDS_PER_SECOND * UTILISATION;
-    const BYTES_RATE: f64 = SHARD_BYTES_PER_SECOND * UTILISATION;
-
-    #[test]
-    fn a_burst_within_the_limits_goes_at_once_then_callers_wait() {
-        let limiter = ShardLimiter::default();
-        let now = Instant::now();
-        let a = shard("a");
-        let burst = (RECORDS_RATE * BURST_SECONDS) as u64;
-        assert_eq!(
-            limiter.reserve(&[(Arc::clone(&a), burst, 1000)], now),
-            Duration::ZERO
-        );
-        // Half a second's worth more waits half a second.
-        let half = (RECORDS_RATE / 2.0) as u64;
-        let wait = limiter.reserve(&[(Arc::clone(&a), half, 1000)], now);
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-3, "{wait:?}");
-        // Another shard has its own bucket.
-        assert_eq!(
-            limiter.reserve(&[(shard("b"), 10, 10)], now),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn bytes_limit_binds_too() {
-        let limiter = ShardLimiter::default();
-        let now = Instant::now();
-        let bytes = (BYTES_RATE * (BURST_SECONDS + 2.0)) as u64;
-        let wait = limiter.reserve(&[(shard("a"), 1, bytes)], now);
-        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-3, "{wait:?}");
-    }
-
-    #[test]
-    fn throttling_halves_once_per_interval_then_recovers_with_time() {
-        let limiter = ShardLimiter::default();
-        let start = Instant::now();
-        let a = shard("a");
-        limiter.outcome(&a, 10, 10, start);
-        // Requests that were in flight come back throttled too: one signal.
-        limiter.outcome(&a, 10, 10, start + Duration::from_millis(300));
-        assert_eq!(limiter.factor("a"), 0.5);
-        // A second later it may halve again (after the 0.7 s of recovery since the last look).
-        limiter.outcome(&a, 10, 10, start + Duration::from_millis(1000));
-        assert!(
-            (limiter.factor("a") - (0.5 + 0.07) / 2.0).abs() < 1e-9,
-            "{}",
-            limiter.factor("a")
-        );
-        for second in 2..40 {
-            limiter.outcome(&a, 10, 10, start + Duration::from_secs(second));
-        }
-        assert!(
-            (limiter.factor("a") - MIN_FACTOR).abs() < 1e-6,
-            "{}",
-            limiter.factor("a")
-        );
-        // Quiet for five seconds: up by half the limit; then back to the full rate.
-        let later = start + Duration::from_secs(39 + 1 + 5);
-        limiter.reserve(&[(Arc::clone(&a), 0, 0)], later);
-        assert!(
-            (limiter.factor("a") - (MIN_FACTOR + 0.5)).abs() < 0.11,
-            "{}",
-            limiter.factor("a")
-        );
-        limiter.reserve(&[(Arc::clone(&a), 0, 0)], later + Duration::from_secs(10));
-        assert_eq!(limiter.factor("a"), 1.0);
-    }
-
-    #[test]
-    fn a_partly_refused_shard_slows_by_the_share_refused_since_the_last_decrease() {
-        let limiter = ShardLimiter::default();
-        let start = Instant::now();
-        let a = shard("a");
-        // 75 entries accepted, then a call with 25 refused: a quarter refused.
-        limiter.outcome(&a, 75, 0, start);
-        limiter.outcome(&a, 25, 25, start + Duration::from_millis(10));
-        assert!(
-            (limiter.factor("a") - 0.75).abs() < 1e-3,
-            "{}",
-            limiter.factor("a")
-        );
-        // Within the interval, refusals only accumulate (and the rate does not recover yet).
-        limiter.outcome(&a, 30, 3, start + Duration::from_millis(500));
-        assert!(
-            (limiter.factor("a") - 0.75).abs() < 1e-3,
-            "{}",
-            limiter.factor("a")
-        );
-        // After it, one more refusal: 4 of 40 since the last decrease is the gentlest step, x0.9,
-        // taken off the rate recovered over the 0.52 s since the last look.
-        let before = (0.75 + 0.052) * GENTLEST_DECREASE;
-        limiter.outcome(&a, 10, 1, start + Duration::from_millis(1020));
-        assert!(
-            (limiter.factor("a") - before).abs() < 1e-3,
-            "{}",
-            limiter.factor("a")
-        );
-        // Most refused: halved, not more.
-        let b = shard("b");
-        limiter.outcome(&b, 10, 9, start);
-        assert_eq!(limiter.factor("b"), DECREASE);
-        // Nothing refused: no change.
-        let c = shard("c");
-        limiter.outcome(&c, 500, 0, start);
-        assert_eq!(limiter.factor("c"), 1.0);
-    }
-
-    proptest! {
-        /// Over any sequence of reservations, what is let through by time t never exceeds the
-        /// burst (one second's worth) plus the rate times t.
-        #[test]
-        fn never_exceeds_the_rate(calls in proptest::collection::vec((1u64..400, 0u64..200_000, 0u64..300), 1..100)) {
-            let limiter = ShardLimiter::default();
-            let start = Instant::now();
-            let a = shard("a");
-            let mut now = start;
-            let (mut records, mut bytes) = (0u64, 0u64);
-            for (n, b, gap_ms) in calls {
-                now += Duration::from_millis(gap_ms);
-                let wait = limiter.reserve(&[(Arc::clone(&a), n, b)], now);
-                let sent_at = now + wait;
-                records += n;
-                bytes += b;
-                let elapsed = sent_at.duration_since(start).as_secs_f64();
-                // What went out by each send: at most the burst plus the rate over the time since start.
-                prop_assert!(records as f64 <= RECORDS_RATE * (BURST_SECONDS + elapsed) + 1e-6);
-                prop_assert!(bytes as f64 <= BYTES_RATE * (BURST_SECONDS + elapsed) + 1e-3);
-                now = sent_at;
-            }
-        }
-    }
-}
+#[path = "rate_tests.rs"]
+mod tests;
