@@ -201,7 +201,13 @@ async fn an_unreachable_endpoint_counts_what_waits_until_it_answers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_abandoned_at_a_stop_leaves_the_count() {
-    let f = fixture(vec![Err(request_error(ErrorClass::Transient, "Timeout"))]);
+    // Unreachable for as many attempts as the wait below can hold (a retry's delay is random
+    // and may be shorter than the wait).
+    let f = fixture(
+        (0..100)
+            .map(|_| Err(request_error(ErrorClass::Transient, "Timeout")))
+            .collect(),
+    );
     let stop = CancellationToken::new();
     let sending = f.sink.send(batch(&f.progress, 3), &stop);
     tokio::pin!(sending);
