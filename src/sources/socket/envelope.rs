@@ -76,33 +76,74 @@ const RECORD_KEYS: [&str; 24] = [
     "message",
 ];
 
+/// The place of `name` in [`RECORD_KEYS`], by a `match` (no hashing, no scan).
+fn record_key(name: &str) -> Option<usize> {
+    Some(match name {
+        "name" => 0,
+        "msg" => 1,
+        "args" => 2,
+        "levelname" => 3,
+        "levelno" => 4,
+        "pathname" => 5,
+        "filename" => 6,
+        "module" => 7,
+        "exc_info" => 8,
+        "exc_text" => 9,
+        "stack_info" => 10,
+        "lineno" => 11,
+        "funcName" => 12,
+        "created" => 13,
+        "msecs" => 14,
+        "relativeCreated" => 15,
+        "thread" => 16,
+        "threadName" => 17,
+        "processName" => 18,
+        "process" => 19,
+        "taskName" => 20,
+        "task_id" => 21,
+        "task_name" => 22,
+        "message" => 23,
+        _ => return None,
+    })
+}
+
+fn is_envelope_key(name: &str) -> bool {
+    matches!(
+        name,
+        "ts" | "level"
+            | "logger"
+            | "process"
+            | "processName"
+            | "thread"
+            | "threadName"
+            | "task_name"
+            | "task_id"
+            | "message"
+            | "exception"
+            | "stack_info"
+            | "pathname"
+            | "lineno"
+            | "funcName"
+    )
+}
+
 /// Writes the JSON envelope of a LogRecord dict.
 pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
-    // Last occurrence wins, as in a Python dict built from the same items. A sorted list: a
-    // record has a score of keys, for which sorting beats hashing.
-    let mut index: Vec<(&str, usize)> = fields
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (key, _))| match key {
-            Value::Str(key) => Some((key.as_str(), i)),
-            _ => None,
-        })
-        .collect();
-    index.sort_unstable();
-    index.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
-        if same {
-            kept.1 = later.1;
+    // One pass finds where each LogRecord attribute is (the last occurrence wins, as in a
+    // Python dict built from the same items); other keys are the extras.
+    let mut at: [Option<usize>; RECORD_KEYS.len()] = [None; RECORD_KEYS.len()];
+    for (i, (key, _)) in fields.iter().enumerate() {
+        if let Value::Str(key) = key
+            && let Some(slot) = record_key(key)
+        {
+            at[slot] = Some(i);
         }
-        same
-    });
-    let position = |name: &str| {
-        index
-            .binary_search_by(|(key, _)| (*key).cmp(name))
-            .ok()
-            .map(|at| index[at].1)
+    }
+    let get = |name: &str| {
+        record_key(name)
+            .and_then(|slot| at[slot])
+            .map(|i| &fields[i].1)
     };
-    let get = |name: &str| position(name).map(|i| &fields[i].1);
     let present = |name: &str| get(name).filter(|v| !matches!(v, Value::None));
 
     let mut out = Vec::with_capacity(512);
@@ -128,7 +169,7 @@ pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
         push_json_str(out, name);
         out.push(b':');
     };
-    let renamed: [(&str, &str); 14] = [
+    let renamed: [(&str, &str); ENVELOPE_KEYS.len() - 1] = [
         ("level", "levelname"),
         ("logger", "name"),
         ("process", "process"),
@@ -159,13 +200,23 @@ pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
         let text_key;
         let name: &str = match name {
             Value::Str(name) => {
-                if position(name.as_str()) != Some(i) {
-                    continue;
-                }
-                if RECORD_KEYS.contains(&name.as_str())
-                    && (name != "taskName" || matches!(value, Value::None))
-                {
-                    continue;
+                match record_key(name) {
+                    // An attribute, written above or dropped; only a set `taskName` ships, once.
+                    Some(slot) => {
+                        if name != "taskName" || matches!(value, Value::None) || at[slot] != Some(i)
+                        {
+                            continue;
+                        }
+                    }
+                    // An extra given twice: the last one wins.
+                    None => {
+                        let later = fields[i + 1..]
+                            .iter()
+                            .any(|(k, _)| matches!(k, Value::Str(k) if k == name));
+                        if later {
+                            continue;
+                        }
+                    }
                 }
                 name
             }
@@ -174,7 +225,7 @@ pub fn log_record(fields: &[(Value, Value)]) -> Vec<u8> {
                 &text_key
             }
         };
-        if ENVELOPE_KEYS.contains(&name) {
+        if is_envelope_key(name) {
             key(&mut out, &format!("extra_{name}"));
         } else {
             key(&mut out, name);
@@ -294,5 +345,22 @@ fn write_float(out: &mut Vec<u8>, f: f64) {
         // `Debug` is the shortest text that reads back as the same f64 (`1.5`, `1e300`, `-0.0`),
         // always a valid JSON number.
         let _ = write!(out, "{f:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_matches_agree_with_the_key_lists() {
+        for (i, name) in RECORD_KEYS.iter().enumerate() {
+            assert_eq!(record_key(name), Some(i), "{name}");
+        }
+        assert_eq!(record_key("seq"), None);
+        for name in ENVELOPE_KEYS {
+            assert!(is_envelope_key(name), "{name}");
+        }
+        assert!(!is_envelope_key("seq") && !is_envelope_key("name"));
     }
 }
