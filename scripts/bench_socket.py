@@ -26,6 +26,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -237,11 +238,15 @@ def main():
                       if line.startswith("model name")), "")
     print(f"machine: {os.cpu_count()} cores ({cpu_model})\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-socket-")
-    spool_cpu = scenario_s1(args, work, outage=True)
-    total_cpu = scenario_s1(args, work, outage=False)
-    print(f"The spool side (socket read, decode, append) takes {spool_cpu / total_cpu:.0%} of the "
-          f"CPU of the whole path (spool read, record building, requests to the endpoint).\n")
-    scenario_s2(args, work)
+    try:
+        spool_cpu = scenario_s1(args, work, outage=True)
+        total_cpu = scenario_s1(args, work, outage=False)
+        print(f"The spool side (socket read, decode, append) takes {spool_cpu / total_cpu:.0%} of "
+              f"the CPU of the whole path (spool read, record building, requests to the endpoint).\n")
+        scenario_s2(args, work)
+    finally:
+        # The spools of a full run take about a GB.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -206,3 +206,89 @@ async fn plain_lines_land_in_s3_and_a_kill_9_loses_nothing() {
         "{resent} lines resent: more than were read before the kill"
     );
 }
+
+/// Three `consume` replicas sharing an 8-shard LocalStack stream through a lease table (moto's
+/// DynamoDB): every shard held by exactly one replica, each holding 2 or 3, and every line read
+/// back from S3.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_lease_replicas_share_the_shards_and_every_line_lands_in_s3() {
+    let f = Fixture::new("consume-leases", 8, "app.log").await;
+    let archive = Archive::new(&f.stream);
+    let moto = common::moto::Moto::start();
+    let dynamodb = moto.client();
+    let table = format!("{}-leases", f.stream);
+    append_lines(&f.log, 0, 800);
+    let tailer = tail(&f, &["--partition-key", "{random}"]);
+    let replicas: Vec<(String, Shipper)> = ["r0", "r1", "r2"]
+        .iter()
+        .map(|id| {
+            let data_dir = f.dir.path().join(format!("consume-{id}"));
+            let shipper = Shipper::start(
+                &[
+                    "consume",
+                    "--stream",
+                    &f.stream,
+                    "--delivery-stream",
+                    &archive.name,
+                    "--endpoint-url",
+                    &f.endpoint,
+                    "--firehose-endpoint-url",
+                    &f.endpoint,
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--lease-table",
+                    &table,
+                    "--create-lease-table",
+                    "--dynamodb-endpoint-url",
+                    &moto.endpoint,
+                    "--worker-id",
+                    id,
+                    "--lease-failover",
+                    "4s",
+                ],
+                &[],
+            );
+            (id.to_string(), shipper)
+        })
+        .collect();
+
+    // Settled: all eight leases owned, 2 or 3 per replica.
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    loop {
+        let rows = common::moto::leases(&dynamodb, &table).await;
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for row in &rows {
+            if let Some(owner) = &row.owner {
+                *per.entry(owner.clone()).or_default() += 1;
+            }
+        }
+        if rows.len() == 8
+            && per.values().sum::<usize>() == 8
+            && per.len() == 3
+            && per.values().all(|n| (2..=3).contains(n))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {per:?} of {} leases",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    append_lines(&f.log, 800, 1200);
+    let lines = archive.wait_for(1200);
+    for (_, replica) in replicas {
+        stop(replica);
+    }
+    stop(tailer);
+    let counts = counts(&lines);
+    let mut want = expected(0, 1200);
+    want.sort();
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), want);
+    let resent: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(
+        resent, 0,
+        "fresh leases move only by handoff: nothing twice"
+    );
+}
