@@ -156,7 +156,14 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// The endpoints, and the lease table created.
     fn start() -> Fleet {
+        let fleet = Fleet::without_table();
+        moto::create_lease_table(&fleet.moto.endpoint, TABLE);
+        fleet
+    }
+
+    fn without_table() -> Fleet {
         let fake = FakeKinesis::start(&[
             "--stream",
             STREAM,
@@ -491,7 +498,7 @@ fn sequence_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_lease_table_is_a_clear_error_without_create_lease_table() {
-    let fleet = Fleet::start();
+    let fleet = Fleet::without_table();
     let endpoint = format!("http://{}", fleet.fake.addr);
     let dir = tempfile::tempdir().unwrap();
     let consumer = Shipper::start(

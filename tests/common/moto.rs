@@ -28,6 +28,27 @@ fn moto_server() -> String {
 
 pub use super::free_port;
 
+/// Create a lease table (the KCL's key schema, on-demand) with boto3 from moto's venv, before
+/// replicas start: moto's server can accept several CreateTable calls for one name that arrive
+/// at the same moment, each starting an empty table (DynamoDB refuses all but one with
+/// ResourceInUseException, which the shipper handles).
+pub fn create_lease_table(endpoint: &str, table: &str) {
+    const SCRIPT: &str = r#"
+import sys, boto3
+client = boto3.client("dynamodb", endpoint_url=sys.argv[1], region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+client.create_table(TableName=sys.argv[2], BillingMode="PAY_PER_REQUEST",
+                    KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+                    AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}])
+"#;
+    let python = std::path::PathBuf::from(moto_server()).with_file_name("python");
+    let status = Command::new(python)
+        .args(["-c", SCRIPT, endpoint, table])
+        .status()
+        .expect("run moto's python");
+    assert!(status.success(), "create the lease table {table}");
+}
+
 impl Moto {
     pub fn start() -> Moto {
         let server = moto_server();
