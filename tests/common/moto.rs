@@ -29,9 +29,7 @@ fn moto_server() -> String {
 pub use super::free_port;
 
 /// Create a lease table (the KCL's key schema, on-demand) with boto3 from moto's venv, before
-/// replicas start: moto's server can accept several CreateTable calls for one name that arrive
-/// at the same moment, each starting an empty table (DynamoDB refuses all but one with
-/// ResourceInUseException, which the shipper handles).
+/// the replicas start, so each test starts from one known table.
 pub fn create_lease_table(endpoint: &str, table: &str) {
     const SCRIPT: &str = r#"
 import sys, boto3
@@ -49,14 +47,26 @@ client.create_table(TableName=sys.argv[2], BillingMode="PAY_PER_REQUEST",
     assert!(status.success(), "create the lease table {table}");
 }
 
+/// moto's server, one request at a time. `moto_server` serves requests on threads, and then
+/// checks a write's condition and applies the write without a lock: two replicas taking one
+/// lease at the same moment could both succeed, which DynamoDB never allows. Served one at a
+/// time, every conditional write is atomic, as in DynamoDB.
+const SERVE_ONE_AT_A_TIME: &str = r#"
+import os, sys
+os.environ.setdefault("MOTO_PORT", sys.argv[2])
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication(create_backend_app), threaded=False)
+"#;
+
 impl Moto {
     pub fn start() -> Moto {
-        let server = moto_server();
+        let python = std::path::PathBuf::from(moto_server()).with_file_name("python");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let port = free_port();
-            let mut child = Command::new(&server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut child = Command::new(&python)
+                .args(["-c", SERVE_ONE_AT_A_TIME, "127.0.0.1", &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
