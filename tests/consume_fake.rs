@@ -9,8 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine;
 use serde_json::Value;
 use shipper::aggregate::{Aggregator, Finished};
@@ -131,30 +129,7 @@ async fn put_lines(
             entries.push((key(i), compression.compress(line(i).as_bytes())));
         }
     }
-    put(client, entries).await;
-}
-
-async fn put(client: &Client, entries: Vec<(String, Vec<u8>)>) {
-    for chunk in entries.chunks(200) {
-        let records = chunk
-            .iter()
-            .map(|(key, data)| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(key)
-                    .data(Blob::new(data.clone()))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let output = client
-            .put_records()
-            .stream_name(STREAM)
-            .set_records(Some(records))
-            .send()
-            .await
-            .unwrap();
-        assert!(output.records().iter().all(|r| r.error_code().is_none()));
-    }
+    common::put_records(client, STREAM, entries).await;
 }
 
 fn consume(fake: &FakeKinesis, data_dir: &Path, extra: &[&str]) -> Shipper {
@@ -441,7 +416,7 @@ async fn bad_records_are_dead_lettered_or_forwarded_never_fatal() {
     for i in 0..100 {
         entries.push(("k".to_string(), format!("good-{i:03}").into_bytes()));
     }
-    put(&client, entries).await;
+    common::put_records(&client, STREAM, entries).await;
     let dir = tempfile::tempdir().unwrap();
     let consumer = consume(&fake, dir.path(), &[]);
     let pid = consumer.child.id();
@@ -605,7 +580,7 @@ async fn resent_ids_are_dropped_and_metrics_are_served() {
     for _ in 0..2 {
         entries.extend((0..50).map(|i| (key(i), format!("no id {i}").into_bytes())));
     }
-    put(&client, entries).await;
+    common::put_records(&client, STREAM, entries).await;
     let dir = tempfile::tempdir().unwrap();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut consumer = consume(&fake, dir.path(), &["--metrics-addr", &metrics_addr]);

@@ -11,8 +11,6 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use base64::Engine;
 
 use common::Shipper;
@@ -32,27 +30,10 @@ fn line(i: usize) -> String {
 }
 
 async fn put_lines(client: &Client, range: std::ops::Range<usize>) {
-    let lines: Vec<usize> = range.collect();
-    for chunk in lines.chunks(250) {
-        let records = chunk
-            .iter()
-            .map(|&i| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(format!("k{}", i % 64))
-                    .data(Blob::new(line(i).into_bytes()))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let output = client
-            .put_records()
-            .stream_name(STREAM)
-            .set_records(Some(records))
-            .send()
-            .await
-            .unwrap();
-        assert!(output.records().iter().all(|r| r.error_code().is_none()));
-    }
+    let entries = range
+        .map(|i| (format!("k{}", i % 64), line(i).into_bytes()))
+        .collect();
+    common::put_records(client, STREAM, entries).await;
 }
 
 /// The lines Firehose accepted, in order.

@@ -115,23 +115,22 @@ fn tail(f: &Fixture, extra: &[&str]) -> Shipper {
     shipper
 }
 
-fn consume(f: &Fixture, archive: &Archive, data_dir: &Path) -> Shipper {
-    let mut consumer = Shipper::start(
-        &[
-            "consume",
-            "--stream",
-            &f.stream,
-            "--delivery-stream",
-            &archive.name,
-            "--endpoint-url",
-            &f.endpoint,
-            "--firehose-endpoint-url",
-            &f.endpoint,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+fn consume(f: &Fixture, archive: &Archive, data_dir: &Path, extra: &[&str]) -> Shipper {
+    let mut args = vec![
+        "consume",
+        "--stream",
+        &f.stream,
+        "--delivery-stream",
+        &archive.name,
+        "--endpoint-url",
+        &f.endpoint,
+        "--firehose-endpoint-url",
+        &f.endpoint,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut consumer = Shipper::start(&args, &[]);
     consumer.wait_log("consuming", Duration::from_secs(30));
     consumer
 }
@@ -149,12 +148,12 @@ async fn aggregated_zstd_lines_land_in_s3_once_across_a_graceful_restart() {
     let consume_dir = f.dir.path().join("consume");
     append_lines(&f.log, 0, 300);
     let tailer = tail(&f, &["--aggregate", "--compress", "zstd"]);
-    let first = consume(&f, &archive, &consume_dir);
+    let first = consume(&f, &archive, &consume_dir, &[]);
     archive.wait_for(300);
     stop(first);
 
     append_lines(&f.log, 300, 600);
-    let second = consume(&f, &archive, &consume_dir);
+    let second = consume(&f, &archive, &consume_dir, &[]);
     let lines = archive.wait_for(600);
     stop(second);
     stop(tailer);
@@ -181,12 +180,12 @@ async fn plain_lines_land_in_s3_and_a_kill_9_loses_nothing() {
     let consume_dir = f.dir.path().join("consume");
     append_lines(&f.log, 0, 600);
     let tailer = tail(&f, &[]);
-    let mut first = consume(&f, &archive, &consume_dir);
+    let mut first = consume(&f, &archive, &consume_dir, &[]);
     archive.wait_for(1);
     first.child.kill().unwrap();
     first.child.wait().unwrap();
 
-    let second = consume(&f, &archive, &consume_dir);
+    let second = consume(&f, &archive, &consume_dir, &[]);
     let lines = archive.wait_for(600);
     stop(second);
     stop(tailer);
@@ -224,19 +223,11 @@ async fn three_lease_replicas_share_the_shards_and_every_line_lands_in_s3() {
         .iter()
         .map(|id| {
             let data_dir = f.dir.path().join(format!("consume-{id}"));
-            let shipper = Shipper::start(
+            let shipper = consume(
+                &f,
+                &archive,
+                &data_dir,
                 &[
-                    "consume",
-                    "--stream",
-                    &f.stream,
-                    "--delivery-stream",
-                    &archive.name,
-                    "--endpoint-url",
-                    &f.endpoint,
-                    "--firehose-endpoint-url",
-                    &f.endpoint,
-                    "--data-dir",
-                    data_dir.to_str().unwrap(),
                     "--lease-table",
                     &table,
                     "--create-lease-table",
@@ -247,7 +238,6 @@ async fn three_lease_replicas_share_the_shards_and_every_line_lands_in_s3() {
                     "--lease-failover",
                     "4s",
                 ],
-                &[],
             );
             (id.to_string(), shipper)
         })

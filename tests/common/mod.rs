@@ -537,3 +537,30 @@ pub fn wait_metric(addr: &str, name: &str, timeout: Duration, check: impl Fn(u64
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// PutRecords of `(partition key, data)` entries to `stream`, in calls of 200; every entry must
+/// be accepted.
+pub async fn put_records(client: &Client, stream: &str, entries: Vec<(String, Vec<u8>)>) {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    for chunk in entries.chunks(200) {
+        let records = chunk
+            .iter()
+            .map(|(key, data)| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(key)
+                    .data(Blob::new(data.clone()))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let output = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(records))
+            .send()
+            .await
+            .unwrap();
+        assert!(output.records().iter().all(|r| r.error_code().is_none()));
+    }
+}

@@ -166,11 +166,7 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
     /// create the leases of new shards). Call it often (every second or faster).
     pub async fn step(&mut self, listing: Option<&[ShardInfo]>) {
         let now = Instant::now();
-        if self
-            .last_renew
-            .is_none_or(|t| now.duration_since(t) >= self.timing.renew_interval())
-        {
-            self.last_renew = Some(now);
+        if self.renew_due(now) {
             self.renew_round().await;
         } else {
             self.drop_overdue();
@@ -696,14 +692,21 @@ impl<S: LeaseStore, R: Readers> Engine<S, R> {
             .all(|key| self.readers.status(key).is_none_or(|s| s.stopped))
     }
 
+    /// Whether a renewal round is due at `now`; if so, it counts as started.
+    fn renew_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_renew
+            .is_none_or(|t| now.duration_since(t) >= self.timing.renew_interval());
+        if due {
+            self.last_renew = Some(now);
+        }
+        due
+    }
+
     /// Keep the leases renewed (and checkpointed) while the shards drain.
     pub async fn step_draining(&mut self) {
         let now = Instant::now();
-        if self
-            .last_renew
-            .is_none_or(|t| now.duration_since(t) >= self.timing.renew_interval())
-        {
-            self.last_renew = Some(now);
+        if self.renew_due(now) {
             self.renew_round().await;
         } else {
             self.drop_overdue();
