@@ -295,10 +295,13 @@ async fn graceful_restart_resends_nothing_and_kill_9_resends_a_bounded_window() 
     unique.sort();
     unique.dedup();
     assert_eq!(unique, expected, "every line arrived");
+    // Checkpoints are written every second: at the kill, the last one may still be before the
+    // end of the second wave, which was forwarded just before the third. Everything since the
+    // graceful stop (whose final checkpoint covers the first wave exactly) is the bound.
     let resent = duplicates(&lines);
     assert!(
-        resent <= 3000,
-        "kill -9 resent {resent} lines, more than the wave in flight (3000)"
+        resent <= 6000,
+        "kill -9 resent {resent} lines, more than was forwarded since the graceful stop (6000)"
     );
     eprintln!("kill -9 in the middle: {resent} of 9000 lines arrived twice");
 }
