@@ -332,6 +332,8 @@ impl Spool {
         scratch.clear();
         let mut result = Appended::default();
         let mut outcome = Ok(());
+        // Entries encoded in `scratch` and not written yet.
+        let mut in_scratch = 0;
         for (kind, payload) in records {
             let len = entry::encoded_len(payload.len());
             if state.disk_bytes + scratch.len() as u64 + len > config.max_bytes
@@ -344,7 +346,9 @@ impl Spool {
             let active_len = state.segments.back().map_or(0, |s| s.len) + scratch.len() as u64;
             if active_len > 0 && active_len + len > config.segment_bytes {
                 // Write what this call holds to the active segment, then start the next one.
-                if let Err(error) = self.write(state, &mut scratch, &mut result) {
+                let written = self.write(state, &mut scratch, in_scratch, &mut result);
+                in_scratch = 0;
+                if let Err(error) = written {
                     outcome = Err(error);
                     break;
                 }
@@ -359,27 +363,28 @@ impl Spool {
                 }
             }
             entry::encode(kind, payload, &mut scratch);
+            in_scratch += 1;
             result.entries += 1;
             result.bytes += len;
         }
         if outcome.is_ok() {
-            outcome = self.write(state, &mut scratch, &mut result);
+            outcome = self.write(state, &mut scratch, in_scratch, &mut result);
         }
         state.scratch = scratch;
         outcome.map(|()| result)
     }
 
-    /// Write the encoded entries in `scratch` to the active segment and publish them.
+    /// Write the `entries` encoded in `scratch` to the active segment and publish them.
     fn write(
         &self,
         state: &mut State,
         scratch: &mut Vec<u8>,
+        entries: u64,
         result: &mut Appended,
     ) -> io::Result<()> {
         if scratch.is_empty() {
             return Ok(());
         }
-        let entries = count_entries(scratch);
         if let Err(error) = (&*state.active).write_all(scratch) {
             // A partial write leaves a torn entry, which the next start-up cuts off; start a new
             // segment so later appends do not land behind it.
@@ -570,16 +575,4 @@ fn create_segment(dir: &Path, base: u64) -> io::Result<File> {
         .open(&path)?;
     file.write_all(&entry::segment_header(base))?;
     Ok(file)
-}
-
-/// Entries in a buffer of whole encoded entries.
-fn count_entries(mut bytes: &[u8]) -> u64 {
-    let mut count = 0;
-    while bytes.len() >= 4 {
-        let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let step = (8 + length).min(bytes.len());
-        bytes = &bytes[step..];
-        count += 1;
-    }
-    count
 }
