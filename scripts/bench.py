@@ -236,18 +236,45 @@ def kinesis_call(port, operation, payload):
         return json.load(response)
 
 
+# With --tls: the self-signed certificate and key the endpoint serves, trusted by the shipper
+# through SSL_CERT_FILE (the SDK's HTTPS client reads its roots through rustls-native-certs).
+TLS = {}
+
+
+def make_certificate(work):
+    cert, key = os.path.join(work, "tls-cert.pem"), os.path.join(work, "tls-key.pem")
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+    except FileNotFoundError:
+        raise SystemExit("--tls needs the openssl command to make a certificate")
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(f"openssl could not make a certificate: {error.stderr.decode().strip()}")
+    TLS.update(cert=cert, key=key)
+
+
 class Endpoint:
     def __init__(self, *flags, shards=1, threads=1):
         self.started = time.monotonic()
+        tls = ["--tls-cert", TLS["cert"], "--tls-key", TLS["key"]] if TLS else []
         self.process = subprocess.Popen(
             [os.path.join(RELEASE, "fake-kinesis"), "--addr", "127.0.0.1:0", "--stream", "bench",
-             "--shards", str(shards), "--threads", str(threads), *flags],
+             "--shards", str(shards), "--threads", str(threads), *tls, *flags],
             stdout=subprocess.PIPE, text=True)
         first = self.process.stdout.readline().strip()
         if not first.startswith("listening on "):
             raise SystemExit(f"fake-kinesis did not start: {first!r}")
         self.port = int(first.rsplit(":", 1)[1])
         self.url = f"http://127.0.0.1:{self.port}"
+        if TLS:
+            second = self.process.stdout.readline().strip()
+            if not second.startswith("tls listening on "):
+                raise SystemExit(f"fake-kinesis did not start its TLS listener: {second!r}")
+            # The shipper goes through TLS; the admin calls (stats, faults) stay on plain HTTP.
+            self.url = f"https://localhost:{int(second.rsplit(':', 1)[1])}"
 
     def stats(self):
         return stats(self.port)
@@ -264,6 +291,8 @@ def shipper_env():
     env = dict(os.environ)
     env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
                AWS_EC2_METADATA_DISABLED="true", RUST_LOG="warn")
+    if TLS:
+        env["SSL_CERT_FILE"] = TLS["cert"]
     return env
 
 
@@ -442,6 +471,8 @@ def scenario_a(args, work):
 
     mb = size / 1e6
     mode = "aggregate" if "--aggregate" in flags else "one record per line"
+    if TLS:
+        mode += ", TLS"
     header(f"A: large file, no shard limits ({mode})")
     print(f"file: {size / 2**20:.0f} MiB, {lines} lines of {args.line_bytes} B; shards: {args.shards}; "
           f"endpoint threads: {args.endpoint_threads}; flags: {' '.join(flags)}\n")
@@ -945,6 +976,8 @@ def main():
     parser.add_argument("--line-bytes", type=int, default=200, help="A: line length")
     parser.add_argument("--shards", type=int, default=4, help="A: shards")
     parser.add_argument("--endpoint-threads", type=int, default=1, help="A: endpoint worker threads")
+    parser.add_argument("--tls", action="store_true",
+                        help="the shipper reaches the endpoint over HTTPS, as it reaches Kinesis")
     parser.add_argument("--extra", default="", help="A: extra shipper flags, e.g. '--aggregate'")
     parser.add_argument("--b-lines-raw", type=int, help="B: lines for raw mode (default 10000, quick 3000)")
     parser.add_argument("--b-lines-agg", type=int,
@@ -989,6 +1022,9 @@ def main():
     print(f"machine: {machine()}; commit: {commit}; "
           f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-")
+    if args.tls:
+        make_certificate(work)
+        print("transport: HTTPS (TLS 1.3, self-signed certificate through SSL_CERT_FILE)\n")
     runners = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d,
                "R": scenario_r, "K": scenario_k}
     for name in scenarios:

@@ -10,7 +10,9 @@
 //! and injects per-entry failures, HTTP 500s and latency. Admin endpoints: `GET /stats`,
 //! `GET /stats/seconds`, `POST /stats/reset`, `GET|POST /faults`, `GET /records?stream=S`.
 //!
-//! The first line on stdout is `listening on ADDR`, so a test can bind port 0 and read it.
+//! The first line on stdout is `listening on ADDR`, so a test can bind port 0 and read it. With
+//! `--tls-cert` and `--tls-key` the same endpoint is also served over TLS on `--tls-addr`, and the
+//! second line is `tls listening on ADDR`.
 
 mod admin;
 mod api;
@@ -20,10 +22,12 @@ mod put;
 mod read;
 mod state;
 mod stats;
+mod tls;
 mod window;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -95,6 +99,15 @@ struct Args {
     /// Worker threads (default: one per available core).
     #[arg(long)]
     threads: Option<usize>,
+    /// PEM certificate chain: serve the endpoint over TLS too, on --tls-addr.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Address of the TLS listener (printed on the second line).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    tls_addr: SocketAddr,
 }
 
 fn probability(text: &str) -> Result<f64, String> {
@@ -168,13 +181,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {addr}").context("writing the address")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let listener = tokio::net::TcpListener::bind(args.tls_addr)
+                .await
+                .with_context(|| format!("binding {}", args.tls_addr))?;
+            let tls_addr = listener.local_addr().context("reading the bound address")?;
+            writeln!(stdout, "tls listening on {tls_addr}").context("writing the address")?;
+            Some(tls::TlsListener::new(listener, cert, key)?)
+        }
+        _ => None,
+    };
     stdout.flush().context("flushing stdout")?;
     drop(stdout);
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")
+    let plain = axum::serve(listener, app.clone()).with_graceful_shutdown(shutdown_signal());
+    match tls {
+        None => plain.await.context("serving"),
+        Some(tls) => {
+            let secure = axum::serve(tls, app).with_graceful_shutdown(shutdown_signal());
+            tokio::try_join!(plain, secure).context("serving")?;
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,10 +1,11 @@
 //! From lines to records: multiline joining, formatting and partition keys, on the file source's
 //! thread. It does no I/O of its own besides handing full chunks to the batcher.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -76,7 +77,9 @@ pub struct RecordBuilder {
     rng: KeyRng,
     fields: RecordFields,
     metrics: Arc<Metrics>,
-    files: HashMap<FileId, FileState>,
+    /// Looked up several times per line: FxHash, not SipHash (the keys are our own inode numbers,
+    /// not attacker-chosen).
+    files: FxHashMap<FileId, FileState>,
     events: Vec<Event>,
     chunk: Vec<Record>,
     chunk_bytes: usize,
@@ -95,7 +98,7 @@ impl RecordBuilder {
             rng: KeyRng::new(),
             fields: RecordFields::default(),
             metrics,
-            files: HashMap::new(),
+            files: FxHashMap::default(),
             events: Vec::new(),
             chunk: Vec::with_capacity(CHUNK_RECORDS),
             chunk_bytes: 0,

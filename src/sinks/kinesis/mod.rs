@@ -6,6 +6,7 @@
 //! are retried alone after a backoff, for as long as it takes when the failure is transient. Records
 //! refused permanently go to the dead-letter file, and are acknowledged only once written there.
 
+mod body;
 pub mod client;
 pub mod dead_letter;
 pub mod outage;

@@ -1,11 +1,24 @@
 //! The one PutRecords call, behind a trait so the retry logic is tested without a network.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use http_body::Frame;
+use serde::Deserialize;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
 
+use super::body;
 use super::error::{ErrorClass, SendError};
 use crate::record::Record;
 use crate::shard_map::ShardRange;
@@ -58,55 +71,176 @@ impl Transport for SdkTransport {
     }
 
     async fn put_records(&self, records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
-        let mut entries = Vec::with_capacity(records.len());
-        for record in records {
-            let entry = PutRecordsRequestEntry::builder()
-                .data(Blob::new(record.data.clone()))
-                .partition_key(record.partition_key.clone())
-                .build()
-                .map_err(|error| SendError {
-                    class: ErrorClass::Permanent,
-                    code: "InvalidArgumentException".into(),
-                    message: error.to_string(),
-                })?;
-            entries.push(entry);
-        }
-        let request = self.client.put_records().set_records(Some(entries));
+        // The input carries no entries: the body is written from the records directly and put in
+        // place before signing, so the signature covers it. The input still names the stream,
+        // which endpoint resolution reads.
+        let body = Bytes::from(body::put_records(&self.stream, self.is_arn(), records));
+        let request = self.client.put_records().set_records(Some(Vec::new()));
         let request = if self.is_arn() {
             request.stream_arn(&self.stream)
         } else {
             request.stream_name(&self.stream)
         };
-        let output = request
+        let request = request.customize().mutate_request(move |http| {
+            http.headers_mut()
+                .insert("content-length", body.len().to_string());
+            *http.body_mut() = SdkBody::from(body.clone());
+        });
+        let answer = Arc::new(Mutex::new(None));
+        request
+            .interceptor(TakeAnswer {
+                answer: Arc::clone(&answer),
+            })
             .send()
             .await
             .map_err(|error| SendError::from_sdk(&error))?;
-        let results = output.records();
-        if results.len() != records.len() {
-            return Err(SendError {
-                class: ErrorClass::Transient,
-                code: "MalformedResponse".into(),
-                message: format!("{} results for {} records", results.len(), records.len()),
-            });
-        }
-        Ok(results
-            .iter()
-            .zip(records)
-            .map(|(result, record)| match result.error_code() {
-                None => match (&record.shard, result.shard_id()) {
-                    (Some(expected), Some(actual)) if **expected != *actual => {
-                        EntryResult::DeliveredElsewhere {
-                            shard_id: actual.to_string(),
-                        }
+        let answer = answer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .ok_or_else(|| malformed("no answer body".to_string()))?;
+        read_answer(&answer, records)
+    }
+}
+
+fn malformed(message: String) -> SendError {
+    SendError {
+        class: ErrorClass::Transient,
+        code: "MalformedResponse".into(),
+        message,
+    }
+}
+
+/// A successful PutRecords answer: one entry per record, in order. Only what the sink acts on is
+/// read; the sequence number and the rest are skipped without being copied.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<AnswerEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnswerEntry<'a> {
+    #[serde(rename = "ShardId", borrow, default)]
+    shard_id: Option<Cow<'a, str>>,
+    #[serde(rename = "ErrorCode", borrow, default)]
+    error_code: Option<Cow<'a, str>>,
+    #[serde(rename = "ErrorMessage", borrow, default)]
+    error_message: Option<Cow<'a, str>>,
+}
+
+fn read_answer(body: &[u8], records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
+    let answer: Answer<'_> = serde_json::from_slice(body)
+        .map_err(|error| malformed(format!("PutRecords answer: {error}")))?;
+    if answer.records.len() != records.len() {
+        return Err(malformed(format!(
+            "{} results for {} records",
+            answer.records.len(),
+            records.len()
+        )));
+    }
+    Ok(answer
+        .records
+        .into_iter()
+        .zip(records)
+        .map(|(result, record)| match result.error_code {
+            None => match (&record.shard, result.shard_id) {
+                (Some(expected), Some(actual)) if **expected != *actual => {
+                    EntryResult::DeliveredElsewhere {
+                        shard_id: actual.into_owned(),
                     }
-                    _ => EntryResult::Delivered,
-                },
-                Some(code) => EntryResult::Failed {
-                    code: code.to_string(),
-                    message: result.error_message().unwrap_or_default().to_string(),
-                },
-            })
-            .collect())
+                }
+                _ => EntryResult::Delivered,
+            },
+            Some(code) => EntryResult::Failed {
+                code: code.into_owned(),
+                message: result.error_message.unwrap_or_default().into_owned(),
+            },
+        })
+        .collect())
+}
+
+/// What the SDK is given to parse in place of a successful answer: a valid PutRecords output with
+/// no entries, which costs nothing to parse. The real answer is read by `read_answer`, which
+/// borrows from it instead of allocating two strings per entry.
+const EMPTY_ANSWER: &[u8] = br#"{"FailedRecordCount":0,"Records":[]}"#;
+
+/// Takes the body of a successful PutRecords answer before the SDK parses it. Error answers are
+/// left alone: the SDK reads their codes and messages as for any call.
+#[derive(Debug)]
+struct TakeAnswer {
+    answer: Arc<Mutex<Option<Bytes>>>,
+}
+
+impl Intercept for TakeAnswer {
+    fn name(&self) -> &'static str {
+        "TakePutRecordsAnswer"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        if !response.status().is_success() {
+            return Ok(());
+        }
+        let body = response.take_body();
+        response
+            .headers_mut()
+            .insert("content-length", EMPTY_ANSWER.len().to_string());
+        *response.body_mut() = SdkBody::from_body_1_x(Capture {
+            inner: body,
+            buffer: Vec::new(),
+            answer: Arc::clone(&self.answer),
+            done: false,
+        });
+        Ok(())
+    }
+}
+
+/// A response body that reads the real one to its end, keeps it in `answer`, and yields
+/// `EMPTY_ANSWER` instead.
+struct Capture {
+    inner: SdkBody,
+    buffer: Vec<u8>,
+    answer: Arc<Mutex<Option<Bytes>>>,
+    done: bool,
+}
+
+impl http_body::Body for Capture {
+    type Data = Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {
+                    this.done = true;
+                    let body = Bytes::from(std::mem::take(&mut this.buffer));
+                    *this
+                        .answer
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(body);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EMPTY_ANSWER)))));
+                }
+            }
+        }
     }
 }
 
@@ -185,6 +319,80 @@ pub async fn check_stream(client: &Client, stream: &str) -> Result<(), SendError
                 tracing::warn!(stream, error = %error, "cannot describe the stream; starting anyway");
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+    use crate::ack::{FileId, FileProgress, Fingerprint};
+
+    fn record(shard: Option<&str>) -> Record {
+        let progress = FileProgress::new(
+            FileId { dev: 0, ino: 0 },
+            "/t".into(),
+            Fingerprint::default(),
+            0,
+        );
+        Record {
+            data: b"x".to_vec(),
+            partition_key: "k".into(),
+            ack: progress.token(0, 1).into(),
+            shard: shard.map(Arc::from),
+            user_records: 1,
+            random_key: false,
+        }
+    }
+
+    #[test]
+    fn an_answer_gives_one_result_per_record_in_order() {
+        let body = br#"{"FailedRecordCount":2,"EncryptionType":"NONE","Records":[
+            {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","ShardId":"shardId-000000000000"},
+            {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard \"shardId-000000000001\""},
+            {"SequenceNumber":"1","ShardId":"shardId-000000000002"},
+            {"ErrorCode":"InternalFailure","ErrorMessage":null},
+            {"SequenceNumber":"2","ShardId":"shardId-000000000003","ErrorCode":null}
+        ]}"#;
+        let records = [
+            record(Some("shardId-000000000000")),
+            record(None),
+            record(Some("shardId-000000000001")),
+            record(None),
+            record(None),
+        ];
+        assert_eq!(
+            read_answer(body, &records).expect("a valid answer"),
+            vec![
+                EntryResult::Delivered,
+                EntryResult::Failed {
+                    code: "ProvisionedThroughputExceededException".into(),
+                    message: "Rate exceeded for shard \"shardId-000000000001\"".into(),
+                },
+                EntryResult::DeliveredElsewhere {
+                    shard_id: "shardId-000000000002".into(),
+                },
+                EntryResult::Failed {
+                    code: "InternalFailure".into(),
+                    message: String::new(),
+                },
+                EntryResult::Delivered,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_count_or_a_broken_answer_is_a_transient_error() {
+        let records = [record(None), record(None)];
+        for body in [
+            &br#"{"Records":[{"ShardId":"shardId-000000000000"}]}"#[..],
+            br#"{"Records":[{"ShardId":"s"},{"ShardId":"s"}"#,
+            br#"{"FailedRecordCount":0}"#,
+            b"<html>",
+        ] {
+            let error = read_answer(body, &records).expect_err("not a valid answer");
+            assert_eq!(error.class, ErrorClass::Transient, "{error}");
+            assert_eq!(error.code, "MalformedResponse");
         }
     }
 }
