@@ -247,7 +247,9 @@ def make_certificate(work):
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
                         "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        # An end-entity certificate: rustls refuses a CA certificate as a server's.
+                        "-addext", "basicConstraints=critical,CA:FALSE"],
                        check=True, capture_output=True)
     except FileNotFoundError:
         raise SystemExit("--tls needs the openssl command to make a certificate")

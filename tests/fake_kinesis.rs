@@ -14,7 +14,10 @@ use shipper::aggregate::{self, Aggregator, Finished};
 use shipper::compress::{self, Compression};
 use shipper::shard_map::{ShardMap, ShardRange};
 
+use std::time::{Duration, Instant};
+
 use common::fake::FakeKinesis;
+use common::{Shipper, append_lines};
 
 fn entry(key: &str, data: &[u8]) -> PutRecordsRequestEntry {
     PutRecordsRequestEntry::builder()
@@ -278,4 +281,104 @@ async fn shard_limits_throttle_entries_and_resharding_keeps_routing() {
     for (key, result) in keys.iter().zip(output.records()) {
         assert_eq!(result.shard_id(), after.shard_for_key(key));
     }
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with the `openssl` command (which
+/// Debian's ca-certificates, needed by the shipper's HTTPS client anyway, depends on).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let output = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate: rustls refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl to make a test certificate");
+    assert!(
+        output.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (cert, key)
+}
+
+fn accepted(fake: &FakeKinesis) -> u64 {
+    fake.admin("GET", "/stats", "")["user_records_accepted"]
+        .as_u64()
+        .expect("a count of accepted records")
+}
+
+/// Kinesis is HTTPS only. The shipper reaches an HTTPS endpoint whose certificate it trusts through
+/// SSL_CERT_FILE and delivers every line; without that, the certificate is refused and nothing is
+/// sent.
+#[test]
+fn the_shipper_ships_over_https_and_checks_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let fake = FakeKinesis::start(&[
+        "--stream",
+        "logs",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let tls_port = fake
+        .tls_addr
+        .as_deref()
+        .and_then(|addr| addr.rsplit(':').next())
+        .expect("a TLS address")
+        .to_owned();
+    let endpoint = format!("https://localhost:{tls_port}");
+    let log = dir.path().join("worker.log");
+    append_lines(&log, 0, 1000);
+    let run = |data: &str, env: &[(&str, &str)]| {
+        let data_dir = dir.path().join(data);
+        let args = [
+            "tail",
+            log.to_str().unwrap(),
+            "--stream",
+            "logs",
+            "--endpoint-url",
+            &endpoint,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ];
+        Shipper::start(&args, env)
+    };
+
+    // Not trusted: the handshake fails and nothing arrives.
+    let mut untrusted = run("untrusted", &[]);
+    untrusted.wait_log("certificate", Duration::from_secs(30));
+    untrusted.signal("TERM");
+    let (code, _) = untrusted.wait(Duration::from_secs(30));
+    assert_eq!(
+        accepted(&fake),
+        0,
+        "records got through an untrusted TLS endpoint"
+    );
+    assert!(code.is_some(), "the shipper did not stop");
+
+    // Trusted through SSL_CERT_FILE: every line arrives.
+    let mut trusted = run("trusted", &[("SSL_CERT_FILE", cert.to_str().unwrap())]);
+    trusted.wait_log("shipper started", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted(&fake) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 1000 lines arrived over HTTPS",
+            accepted(&fake)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(accepted(&fake), 1000);
+    trusted.signal("TERM");
+    let (code, _) = trusted.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
 }

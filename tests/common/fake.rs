@@ -13,10 +13,13 @@ pub struct FakeKinesis {
     pub child: Child,
     /// `host:port` it listens on.
     pub addr: String,
+    /// `host:port` of its TLS listener, when started with `--tls-cert` and `--tls-key`.
+    pub tls_addr: Option<String>,
 }
 
 impl FakeKinesis {
-    /// Start it on a free loopback port with extra `args`, and wait for its address line.
+    /// Start it on a free loopback port with extra `args`, and wait for its address line (and the
+    /// TLS listener's, when `args` name a certificate).
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(binary())
             .args(["--addr", "127.0.0.1:0"])
@@ -24,17 +27,25 @@ impl FakeKinesis {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn fake-kinesis");
-        let mut line = String::new();
         let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the address line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, addr }
+        let mut stdout = BufReader::new(stdout);
+        let mut read = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read an address line");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .to_owned()
+        };
+        let addr = read("listening on ");
+        let tls_addr = args
+            .contains(&"--tls-cert")
+            .then(|| read("tls listening on "));
+        Self {
+            child,
+            addr,
+            tls_addr,
+        }
     }
 
     /// An SDK client for it, with the SDK's retries off so every injected failure is seen.
