@@ -125,7 +125,22 @@ impl RecordBuilder {
             return Ok(());
         };
         let progress = Arc::clone(&state.progress);
-        for event in std::mem::take(&mut self.events) {
+        // Drained, not taken: the buffer keeps its capacity from one line to the next.
+        let mut events = std::mem::take(&mut self.events);
+        let emitted = self.emit(&progress, id, generation, &mut events);
+        events.clear();
+        self.events = events;
+        emitted
+    }
+
+    fn emit(
+        &mut self,
+        progress: &Arc<FileProgress>,
+        id: FileId,
+        generation: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Closed> {
+        for event in events.drain(..) {
             let (start, end) = (event.start, event.end);
             if event.data.is_empty() {
                 // An empty line (or the newline ending a line already shipped as partial) carries
@@ -148,7 +163,7 @@ impl RecordBuilder {
                 self.rules.template.render_key(&fields, &mut self.rng)
             };
             self.count(&stats);
-            self.push(&progress, generation, formatted.payload, key, start, end)?;
+            self.push(progress, generation, formatted.payload, key, start, end)?;
         }
         Ok(())
     }
