@@ -327,7 +327,7 @@ impl LineSink for RecordBuilder {
                 line.data,
                 line.start,
                 line.end,
-                Instant::now(),
+                line.read_at,
                 &mut self.events,
             );
         }

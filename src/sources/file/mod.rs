@@ -148,6 +148,9 @@ pub struct Line<'a> {
     pub start: u64,
     pub end: u64,
     pub kind: LineKind,
+    /// When the read that completed the line returned (one clock read per read, not per line):
+    /// the multiline joiner's flush timeout counts from it.
+    pub read_at: Instant,
 }
 
 /// The downstream is gone: the source stops.

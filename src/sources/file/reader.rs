@@ -10,9 +10,9 @@
 //! byte `i` is `read_offset - (tail - i)`, which stays true when truncation drops bytes because
 //! dropped bytes always precede the bytes still to be scanned.
 
-use std::sync::Arc;
-
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
 use memchr::memchr;
 
@@ -25,6 +25,8 @@ pub(super) struct Emitter<'a> {
     pub path: &'a Path,
     pub sink: &'a mut dyn LineSink,
     pub stats: &'a mut FileSourceStats,
+    /// When the bytes being consumed were read.
+    pub read_at: Instant,
 }
 
 impl Emitter<'_> {
@@ -42,6 +44,7 @@ impl Emitter<'_> {
             start,
             end,
             kind,
+            read_at: self.read_at,
         })
     }
 }
@@ -294,6 +297,7 @@ mod tests {
                 path: Path::new("/f"),
                 sink: &mut sink,
                 stats: &mut stats,
+                read_at: Instant::now(),
             };
             reader.consume(n, &mut out).unwrap();
             assert!(reader.allocated() <= max + chunk);
@@ -303,6 +307,7 @@ mod tests {
             path: Path::new("/f"),
             sink: &mut sink,
             stats: &mut stats,
+            read_at: Instant::now(),
         };
         reader.flush(&mut out).unwrap();
         sink

@@ -244,6 +244,7 @@ impl TrackedFile {
                 path: &self.path,
                 sink,
                 stats,
+                read_at: Instant::now(),
             },
         }
     }
@@ -354,6 +355,7 @@ impl TrackedFile {
             path: &self.path,
             sink,
             stats,
+            read_at: Instant::now(),
         };
         while total < budget {
             if !out.sink.ready()? {
@@ -363,6 +365,7 @@ impl TrackedFile {
                 Ok(0) => return Ok((total, true)),
                 Ok(n) => {
                     total += n;
+                    out.read_at = Instant::now();
                     out.stats.bytes += n as u64;
                     self.error_logged = false;
                     self.reader.consume(n, &mut out)?;

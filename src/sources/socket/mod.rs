@@ -242,6 +242,7 @@ fn read_spool(
             }
             Ok(true) => {}
         }
+        let read_at = Instant::now();
         let read = reader.read(READ_BYTES, |item| match item {
             Item::Entry {
                 kind,
@@ -260,6 +261,7 @@ fn read_spool(
                     start,
                     end,
                     kind: LineKind::Complete,
+                    read_at,
                 };
                 if builder.line(line).is_err() {
                     closed = true;
