@@ -291,7 +291,7 @@ mod tests {
     fn record(progress: &Arc<FileProgress>, offset: u64, data_len: usize, key: &str) -> Record {
         Record {
             data: vec![b'x'; data_len],
-            partition_key: key.to_string(),
+            partition_key: key.into(),
             ack: progress.token(offset, offset + 1).into(),
             shard: None,
             user_records: 1,

@@ -12,6 +12,8 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
 
+use compact_str::CompactString;
+
 /// Longest partition key Kinesis accepts, in Unicode characters (PutRecords API reference).
 pub const MAX_KEY_CHARS: usize = 256;
 
@@ -159,12 +161,13 @@ impl Template {
 
     /// Renders the key for one record: at most [`MAX_KEY_CHARS`] characters, never empty.
     pub fn render(&self, fields: &impl Fields, rng: &mut KeyRng) -> String {
-        self.render_key(fields, rng).text
+        self.render_key(fields, rng).text.into_string()
     }
 
     /// Renders the key, and tells whether it is random and nothing else.
     pub fn render_key(&self, fields: &impl Fields, rng: &mut KeyRng) -> Key {
-        let mut key = String::with_capacity(40);
+        // Inline while it fits 24 bytes, as a `{random}` key does.
+        let mut key = CompactString::default();
         let mut chosen = false;
         for part in &self.parts {
             match part {
@@ -244,7 +247,7 @@ impl fmt::Display for Template {
 /// A rendered partition key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
-    pub text: String,
+    pub text: CompactString,
     /// Made of `{random}` alone (the template asked for it, or every other choice was empty): the
     /// record has no affinity to any shard, and any other random key serves it as well.
     pub random: bool,
@@ -278,7 +281,7 @@ impl KeyRng {
     }
 
     /// Appends 16 hex digits of randomness.
-    fn push_key(&mut self, key: &mut String) {
+    fn push_key(&mut self, key: &mut CompactString) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next_u64();
         key.extend(

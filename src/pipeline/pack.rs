@@ -21,7 +21,7 @@ struct Open {
     aggregator: Aggregator,
     acks: Option<Acks>,
     /// The key its random-keyed records share: the first one's (it maps to this shard).
-    random_key: Option<String>,
+    random_key: Option<compact_str::CompactString>,
 }
 
 impl Open {
@@ -103,7 +103,7 @@ impl Packer {
         let data = self.compressed(data);
         out.push(Record {
             data,
-            partition_key,
+            partition_key: partition_key.into(),
             ack,
             shard,
             user_records: u32::try_from(user_records).unwrap_or(u32::MAX),
@@ -260,7 +260,7 @@ mod tests {
         (0..n)
             .map(|i| Record {
                 data: format!("line {i} {}", "한".repeat((i % 7) as usize)).into_bytes(),
-                partition_key: format!("key-{}", i % 13),
+                partition_key: format!("key-{}", i % 13).into(),
                 ack: progress.token(i * 10, i * 10 + 10).into(),
                 shard: None,
                 user_records: 1,
@@ -374,7 +374,7 @@ mod tests {
                 packer.push(
                     Record {
                         data: format!("line {i:03} {}", "x".repeat(40)).into_bytes(),
-                        partition_key,
+                        partition_key: partition_key.into(),
                         ack: progress.token(i * 10, i * 10 + 10).into(),
                         shard: None,
                         user_records: 1,

@@ -101,7 +101,7 @@ mod tests {
         );
         Record {
             data,
-            partition_key: key.to_string(),
+            partition_key: key.into(),
             ack: progress.token(0, 1).into(),
             shard: None,
             user_records: 1,
