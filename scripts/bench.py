@@ -32,6 +32,9 @@ line arrived, and fails loudly otherwise):
     scripts/bench.sh                         # everything, full sizes
     scripts/bench.sh --quick                 # smaller inputs: a few minutes on 2 cores
     scripts/bench.sh --scenario A,B --size-mib 256
+    scripts/bench.sh --scenario A --tls      # over HTTPS, as to Kinesis: the endpoint serves TLS
+                                             # with a self-signed certificate (openssl), trusted
+                                             # by the shipper through SSL_CERT_FILE
 
 Each scenario prints the machine and, beside its figures, the ones the README publishes
 (scripts/bench_published.json), so a regression shows at a glance.
