@@ -400,7 +400,8 @@ fn the_opener_opens_each_new_file_as_it_appears() {
     let mut writer = Writer::new(dir.path());
     let pattern = dir.path().join("app.log").to_string_lossy().into_owned();
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(7));
-    let opener = opener::Opener::spawn(vec![pattern], Arc::clone(&seq)).expect("a watcher");
+    let opener = opener::Opener::spawn(vec![pattern], Arc::clone(&seq), Default::default())
+        .expect("a watcher");
     let next = || {
         opener
             .files

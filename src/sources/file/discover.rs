@@ -205,6 +205,17 @@ pub(super) fn expand(
     paths
 }
 
+/// Whether `path` is one the patterns name (whether or not it exists now).
+pub(super) fn matches(include: &[String], path: &Path) -> bool {
+    include.iter().any(|pattern| {
+        if is_glob(pattern) {
+            glob::Pattern::new(pattern).is_ok_and(|glob| glob.matches_path(path))
+        } else {
+            Path::new(pattern) == path
+        }
+    })
+}
+
 /// The same paths as [`expand`], noting nothing (for the opener thread; the source reports).
 pub(super) fn expand_quietly(include: &[String]) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = include

@@ -292,6 +292,8 @@ pub struct FileSource {
     /// opened that no pass has adopted yet.
     opener: Option<opener::Opener>,
     preopened: HashMap<FileId, opener::Opened>,
+    /// Every file opened lately, by this thread or the opener.
+    seen: opener::SharedSeen,
     stats: FileSourceStats,
 }
 
@@ -321,6 +323,7 @@ impl FileSource {
             next_seq: Arc::default(),
             opener: None,
             preopened: HashMap::new(),
+            seen: opener::SharedSeen::default(),
             stats: FileSourceStats::default(),
         }
     }
@@ -412,8 +415,11 @@ impl FileSource {
         // The patterns' directories are watched before the first scan, so nothing created
         // while that scan runs goes unnoticed until the next periodic rescan.
         wakeup.watch(self.watch_dirs());
-        self.opener =
-            opener::Opener::spawn(self.config.include.clone(), Arc::clone(&self.next_seq));
+        self.opener = opener::Opener::spawn(
+            self.config.include.clone(),
+            Arc::clone(&self.next_seq),
+            Arc::clone(&self.seen),
+        );
         let mut watched_version = None;
         while !cancel.is_cancelled() {
             let now = Instant::now();

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::discover::{self, Problem};
 use super::fingerprint::{self, Check};
-use super::opener::Opened;
+use super::opener::{self, Opened};
 use super::tracked::TrackedFile;
 use super::{Closed, FileSource, LineSink, LossReason, ReadFrom};
 use crate::ack::{FileCheckpoint, FileId, FileProgress};
@@ -222,6 +222,7 @@ impl FileSource {
         if self.files.contains_key(&id) {
             return Ok(());
         }
+        opener::lock(&self.seen).insert(id);
         let size = meta.len();
         let fingerprint = match fingerprint::compute(&file, size) {
             Ok(fingerprint) => fingerprint,
