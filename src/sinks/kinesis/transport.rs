@@ -151,14 +151,7 @@ fn parse_answer(body: &[u8], records: &[Record]) -> Result<Vec<EntryResult>, Sen
         .into_iter()
         .zip(records)
         .map(|(result, record)| match result.error_code {
-            None => match (&record.shard, result.shard_id) {
-                (Some(expected), Some(actual)) if **expected != *actual => {
-                    EntryResult::DeliveredElsewhere {
-                        shard_id: actual.into_owned(),
-                    }
-                }
-                _ => EntryResult::Delivered,
-            },
+            None => delivered(record, result.shard_id.as_deref()),
             Some(code) => EntryResult::Failed {
                 code: code.into_owned(),
                 message: result.error_message.unwrap_or_default().into_owned(),
@@ -193,14 +186,21 @@ fn read_all_delivered(body: &[u8], records: &[Record]) -> Option<Vec<EntryResult
         if shard_id.contains(&b'\\') {
             return None;
         }
-        results.push(match &record.shard {
-            Some(expected) if expected.as_bytes() != shard_id => EntryResult::DeliveredElsewhere {
-                shard_id: std::str::from_utf8(shard_id).ok()?.to_owned(),
-            },
-            _ => EntryResult::Delivered,
-        });
+        results.push(delivered(record, Some(std::str::from_utf8(shard_id).ok()?)));
     }
     records.next().is_none().then_some(results)
+}
+
+/// A delivered entry: elsewhere when it landed on another shard than the record expected.
+fn delivered(record: &Record, shard_id: Option<&str>) -> EntryResult {
+    match (&record.shard, shard_id) {
+        (Some(expected), Some(actual)) if **expected != *actual => {
+            EntryResult::DeliveredElsewhere {
+                shard_id: actual.to_owned(),
+            }
+        }
+        _ => EntryResult::Delivered,
+    }
 }
 
 /// What the SDK is given to parse in place of a successful answer: a valid PutRecords output with
