@@ -163,27 +163,35 @@ impl Fleet {
         }
     }
 
-    fn replica(&self, id: &str) -> Replica {
-        let endpoint = format!("http://{}", self.fake.addr);
-        let dir = tempfile::tempdir().unwrap();
-        let metrics_addr = format!("127.0.0.1:{}", moto::free_port());
-        let args = [
+    /// `shipper consume` on the fleet's stream, endpoint and lease table: the flags every
+    /// consumer of these tests shares.
+    fn consume_args<'a>(&'a self, endpoint: &'a str, data_dir: &'a str) -> Vec<&'a str> {
+        vec![
             "consume",
             "--stream",
             STREAM,
             "--delivery-stream",
             DELIVERY,
             "--endpoint-url",
-            &endpoint,
+            endpoint,
             "--firehose-endpoint-url",
-            &endpoint,
+            endpoint,
             "--data-dir",
-            dir.path().to_str().unwrap(),
+            data_dir,
             "--lease-table",
             TABLE,
-            "--create-lease-table",
             "--dynamodb-endpoint-url",
             &self.moto.endpoint,
+        ]
+    }
+
+    fn replica(&self, id: &str) -> Replica {
+        let endpoint = format!("http://{}", self.fake.addr);
+        let dir = tempfile::tempdir().unwrap();
+        let metrics_addr = format!("127.0.0.1:{}", moto::free_port());
+        let mut args = self.consume_args(&endpoint, dir.path().to_str().unwrap());
+        args.extend([
+            "--create-lease-table",
             "--worker-id",
             id,
             "--lease-failover",
@@ -195,7 +203,7 @@ impl Fleet {
             "0",
             "--grace-period",
             "20s",
-        ];
+        ]);
         Replica {
             id: id.to_string(),
             shipper: Shipper::start(&args, &[]),
@@ -483,23 +491,7 @@ async fn a_missing_lease_table_is_a_clear_error_without_create_lease_table() {
     let endpoint = format!("http://{}", fleet.fake.addr);
     let dir = tempfile::tempdir().unwrap();
     let consumer = Shipper::start(
-        &[
-            "consume",
-            "--stream",
-            STREAM,
-            "--delivery-stream",
-            DELIVERY,
-            "--endpoint-url",
-            &endpoint,
-            "--firehose-endpoint-url",
-            &endpoint,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--lease-table",
-            TABLE,
-            "--dynamodb-endpoint-url",
-            &fleet.moto.endpoint,
-        ],
+        &fleet.consume_args(&endpoint, dir.path().to_str().unwrap()),
         &[],
     );
     let (code, log) = consumer.wait(Duration::from_secs(60));
