@@ -170,7 +170,8 @@ while :; do
         tail -n 30 "$TMP/consumer.log" >&2
         fail "shipper consume exited early"
     fi
-    landed=$("$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" cat-bucket "$ARCHIVE" | wc -l)
+    "$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" cat-bucket "$ARCHIVE" >"$TMP/archive.txt"
+    landed=$(wc -l <"$TMP/archive.txt")
     ((landed >= count)) && break
     if ((SECONDS >= deadline)); then
         tail -n 30 "$TMP/consumer.log" >&2
@@ -187,8 +188,9 @@ CONSUMER_PID=""
 echo "    shipper consume exited with status $consumer_code"
 
 step "what landed in s3://$ARCHIVE (one record per line; first 3 of $landed)"
-"$PY" "$ROOT/localstack/resources.py" --endpoint-url "$ENDPOINT" cat-bucket "$ARCHIVE" | head -n 3 |
-    cut -c 1-200 | sed 's/^/    /'
+# From the file the wait read: a pipe into head would close before the bucket's contents were all
+# written, and fail the demo with a broken pipe once they outgrow the pipe's buffer.
+head -n 3 "$TMP/archive.txt" | cut -c 1-200 | sed 's/^/    /'
 
 ok=1
 if ((consumer_code != 0)); then
