@@ -290,7 +290,7 @@ mod tests {
 
     fn record(progress: &Arc<FileProgress>, offset: u64, data_len: usize, key: &str) -> Record {
         Record {
-            data: vec![b'x'; data_len],
+            data: vec![b'x'; data_len].into(),
             partition_key: key.into(),
             ack: progress.token(offset, offset + 1).into(),
             shard: None,

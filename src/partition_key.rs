@@ -280,15 +280,22 @@ impl KeyRng {
         z ^ (z >> 31)
     }
 
-    /// Appends 16 hex digits of randomness.
+    /// Appends 16 hex digits of randomness. Once per record: the digits are written into a
+    /// buffer first, and an empty key is built inline in one step.
     fn push_key(&mut self, key: &mut CompactString) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next_u64();
-        key.extend(
-            (0..16)
-                .rev()
-                .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize])),
-        );
+        let mut digits = [0u8; 16];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        // Hex digits are ASCII, so this never falls back to the empty string.
+        let digits = std::str::from_utf8(&digits).unwrap_or_default();
+        if key.is_empty() {
+            *key = CompactString::new(digits);
+        } else {
+            key.push_str(digits);
+        }
     }
 }
 
@@ -368,6 +375,21 @@ mod tests {
         assert!(is_random_key(&render("{task_id}{field.nope}", &no_task)));
         assert_eq!(render("x{task_id}", &no_task), "x");
         assert!(render("{random}", &no_task) != render("{random}{random}", &no_task));
+    }
+
+    #[test]
+    fn a_random_key_is_the_generators_next_number_in_hex() {
+        let no_task = Record::default();
+        for seed in [0, 7, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let expected = format!("{:016x}", KeyRng::from_seed(seed).next_u64());
+            let render = |template: &str| {
+                Template::parse(template)
+                    .unwrap()
+                    .render(&no_task, &mut KeyRng::from_seed(seed))
+            };
+            assert_eq!(render("{random}"), expected);
+            assert_eq!(render("w-{random}"), format!("w-{expected}"));
+        }
     }
 
     #[test]

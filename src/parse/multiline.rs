@@ -160,6 +160,8 @@ pub struct Joiner {
     flush_timeout: Duration,
     max_record_bytes: usize,
     pending: Option<Pending>,
+    /// An empty buffer to build the next record in, when the caller gave one back.
+    spare: Vec<u8>,
     stats: Stats,
 }
 
@@ -176,6 +178,7 @@ impl Joiner {
             flush_timeout: config.flush_timeout,
             max_record_bytes: config.max_record_bytes.max(1),
             pending: None,
+            spare: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -199,7 +202,8 @@ impl Joiner {
                 if let Some(previous) = previous {
                     out.push(finish(previous, &mut self.stats));
                 }
-                let data = Vec::with_capacity(line.len().min(cap));
+                let mut data = std::mem::take(&mut self.spare);
+                data.reserve(line.len().min(cap));
                 let pending = Pending {
                     data,
                     start,
@@ -218,6 +222,15 @@ impl Joiner {
             out.push(finish(pending, &mut self.stats));
         } else {
             self.pending = Some(pending);
+        }
+    }
+
+    /// Takes `buffer` (emptied) to build a coming record in, unless the joiner has one already:
+    /// a caller done with an event's data gives it back, and the next line needs no allocation.
+    pub fn offer(&mut self, buffer: &mut Vec<u8>) {
+        if self.spare.capacity() == 0 {
+            buffer.clear();
+            std::mem::swap(&mut self.spare, buffer);
         }
     }
 

@@ -928,3 +928,48 @@ proptest! {
         prop_assert_eq!(stats.split_parts, events.iter().filter(|e| e.split).count() as u64);
     }
 }
+
+#[test]
+fn a_buffer_given_back_holds_the_next_record_and_nothing_of_its_past() {
+    let mut joiner = Joiner::new(JoinerConfig {
+        multiline: Multiline::Python,
+        ..JoinerConfig::default()
+    });
+    let now = Instant::now();
+    let mut events = Vec::new();
+    let mut old = Vec::with_capacity(256);
+    old.extend_from_slice(b"stale bytes of a record already shipped");
+    let pointer = old.as_ptr();
+    joiner.offer(&mut old);
+    assert_eq!(old.capacity(), 0, "taken");
+    joiner.push(
+        b"Traceback (most recent call last):",
+        0,
+        35,
+        now,
+        &mut events,
+    );
+    // The joiner keeps one buffer in reserve: a second is taken, a third stays with the caller.
+    let mut second = Vec::with_capacity(64);
+    let second_pointer = second.as_ptr();
+    joiner.offer(&mut second);
+    assert_eq!(second.capacity(), 0, "taken");
+    let mut third = Vec::with_capacity(64);
+    joiner.offer(&mut third);
+    assert_eq!(third.capacity(), 64, "kept by the caller");
+    joiner.push(b"  File \"x.py\", line 1", 35, 57, now, &mut events);
+    joiner.push(b"next record", 57, 69, now, &mut events);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].data,
+        b"Traceback (most recent call last):\n  File \"x.py\", line 1"
+    );
+    assert_eq!(
+        events[0].data.as_ptr(),
+        pointer,
+        "built in the given buffer"
+    );
+    let next = joiner.flush().unwrap();
+    assert_eq!(next.data, b"next record");
+    assert_eq!(next.data.as_ptr(), second_pointer);
+}

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::ack::Acks;
 use crate::aggregate::{Aggregator, Finished, PushError};
 use crate::batch::Stage;
@@ -100,7 +102,7 @@ impl Packer {
                 user_records,
             } => (partition_key, data, user_records),
         };
-        let data = self.compressed(data);
+        let data = self.compressed(data.into());
         out.push(Record {
             data,
             partition_key: partition_key.into(),
@@ -111,10 +113,10 @@ impl Packer {
         });
     }
 
-    fn compressed(&self, data: Vec<u8>) -> Vec<u8> {
+    fn compressed(&self, data: Bytes) -> Bytes {
         match self.compress {
             Compression::None => data,
-            other => other.compress(&data),
+            other => other.compress(&data).into(),
         }
     }
 
@@ -259,7 +261,7 @@ mod tests {
     fn records(progress: &Arc<FileProgress>, n: u64) -> Vec<Record> {
         (0..n)
             .map(|i| Record {
-                data: format!("line {i} {}", "한".repeat((i % 7) as usize)).into_bytes(),
+                data: format!("line {i} {}", "한".repeat((i % 7) as usize)).into(),
                 partition_key: format!("key-{}", i % 13).into(),
                 ack: progress.token(i * 10, i * 10 + 10).into(),
                 shard: None,
@@ -373,7 +375,7 @@ mod tests {
                 };
                 packer.push(
                     Record {
-                        data: format!("line {i:03} {}", "x".repeat(40)).into_bytes(),
+                        data: format!("line {i:03} {}", "x".repeat(40)).into(),
                         partition_key: partition_key.into(),
                         ack: progress.token(i * 10, i * 10 + 10).into(),
                         shard: None,

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -14,7 +15,7 @@ use crate::compress::Compression;
 use crate::parse::multiline::{Event, Joiner, JoinerConfig};
 use crate::parse::{FileContext, FileIdentity, Formatter, RecordFields, Stats};
 use crate::partition_key::{Key, KeyRng, Template};
-use crate::record::Record;
+use crate::record::{Arena, Record};
 use crate::sources::file::{Closed, Line, LineKind, LineSink, Loss};
 use crate::telemetry::Metrics;
 
@@ -33,6 +34,9 @@ pub struct RecordRules {
     /// Records are compressed later (whole aggregates, or each record); this leaves room for it.
     pub compress: Compression,
 }
+
+/// A line's buffer larger than this is not kept for the next line.
+const SPARE_MAX_BYTES: usize = 64 * 1024;
 
 /// Room left for compression framing when a record's data is compressed: gzip and zstd add a few
 /// bytes of header and block overhead even to data that does not compress.
@@ -81,6 +85,9 @@ pub struct RecordBuilder {
     /// not attacker-chosen).
     files: FxHashMap<FileId, FileState>,
     events: Vec<Event>,
+    /// Record data is copied into shared blocks, and the line's buffer goes back to the joiner.
+    arena: Arena,
+    spare: Vec<u8>,
     chunk: Vec<Record>,
     chunk_bytes: usize,
     /// Full chunks the batcher had no room for yet. The source reads nothing while any wait, so
@@ -100,6 +107,8 @@ impl RecordBuilder {
             metrics,
             files: FxHashMap::default(),
             events: Vec::new(),
+            arena: Arena::default(),
+            spare: Vec::new(),
             chunk: Vec::with_capacity(CHUNK_RECORDS),
             chunk_bytes: 0,
             held: VecDeque::new(),
@@ -181,7 +190,7 @@ impl RecordBuilder {
         &mut self,
         file: &Arc<FileProgress>,
         generation: u64,
-        data: Vec<u8>,
+        mut payload: Vec<u8>,
         key: Key,
         start: u64,
         end: u64,
@@ -194,7 +203,12 @@ impl RecordBuilder {
             Compression::None => self.rules.max_data_bytes,
             _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
         };
-        if data.len() <= max {
+        if payload.len() <= max {
+            let data = self.arena.take(&mut payload);
+            // Emptied, with its capacity: the next line is read into it.
+            if payload.capacity() > self.spare.capacity() && payload.capacity() <= SPARE_MAX_BYTES {
+                self.spare = payload;
+            }
             return self.add(Record {
                 data,
                 partition_key,
@@ -208,6 +222,7 @@ impl RecordBuilder {
         // limit: cut it at character boundaries. Only the last part carries the range, so the
         // checkpoint passes the record once every part is delivered.
         Metrics::add(&self.metrics.records_split_total, 1);
+        let data = Bytes::from(payload);
         let parts = split_at_char_boundaries(&data, max);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
@@ -217,7 +232,7 @@ impl RecordBuilder {
                 (start, start)
             };
             let record = Record {
-                data: part.to_vec(),
+                data: data.slice_ref(part),
                 partition_key: partition_key.clone(),
                 ack: file.token_in(generation, from, to).into(),
                 shard: None,
@@ -323,6 +338,7 @@ impl LineSink for RecordBuilder {
                 part: 0,
             });
         } else {
+            state.joiner.offer(&mut self.spare);
             state.joiner.push(
                 line.data,
                 line.start,

@@ -100,7 +100,7 @@ mod tests {
             0,
         );
         Record {
-            data,
+            data: data.into(),
             partition_key: key.into(),
             ack: progress.token(0, 1).into(),
             shard: None,

@@ -271,7 +271,7 @@ impl<T: Transport> Sink<T> {
         let mut delivered_records = 0u64;
         // Per shard, with a limiter: entries sent and entries refused for throughput.
         let mut shard_outcomes = Vec::new();
-        for (record, result) in records.into_iter().zip(results) {
+        for (mut record, result) in records.into_iter().zip(results) {
             if let (Some(_), Some(shard)) = (&self.limiter, &record.shard) {
                 let refused = matches!(&result, EntryResult::Failed { code, .. }
                     if classify_code(code) == ErrorClass::Throttled);
@@ -304,6 +304,7 @@ impl<T: Transport> Sink<T> {
                                     self.metrics.throttled_on_shard(shard, 1);
                                 }
                             }
+                            record.unshare();
                             retry.push(record);
                         }
                     }

@@ -169,7 +169,7 @@ impl Transport for Arc<SimulatedShard> {
 /// A record of `data_bytes` bound for the one shard.
 fn record(data_bytes: usize) -> Record {
     Record {
-        data: vec![b'x'; data_bytes],
+        data: vec![b'x'; data_bytes].into(),
         partition_key: "k".into(),
         ack: Acks::Many(Vec::new()),
         shard: Some(Arc::from(SHARD)),

@@ -21,7 +21,7 @@ impl Transport for Arc<Scripted> {
         self.calls
             .lock()
             .unwrap()
-            .push(records.iter().map(|r| r.data.clone()).collect());
+            .push(records.iter().map(|r| r.data.to_vec()).collect());
         let next = self.outcomes.lock().unwrap().pop_front();
         next.unwrap_or_else(|| Ok(vec![EntryResult::Delivered; records.len()]))
     }
@@ -87,7 +87,7 @@ fn fixture(outcomes: Vec<Result<Vec<EntryResult>, SendError>>) -> Fixture {
 fn batch(progress: &Arc<FileProgress>, n: usize) -> Batch {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            data: format!("r{i}").into_bytes(),
+            data: format!("r{i}").into(),
             partition_key: "k".into(),
             ack: progress.token(i as u64 * 10, i as u64 * 10 + 10).into(),
             shard: None,
@@ -262,7 +262,7 @@ async fn permanent_failures_go_to_the_dead_letter_file_and_are_acknowledged() {
 async fn binary_records_are_dead_lettered_as_base64() {
     let f = fixture(vec![Ok(vec![failed("KMSNotFoundException")])]);
     let record = Record {
-        data: vec![0xff, 0x00, 0xfe],
+        data: vec![0xff, 0x00, 0xfe].into(),
         partition_key: "k".into(),
         ack: f.progress.token(0, 4).into(),
         shard: None,
@@ -300,7 +300,7 @@ async fn unwritable_dead_letter_file_leaves_records_unacknowledged() {
 fn named_batch(progress: &Arc<FileProgress>, prefix: &str, n: usize) -> Batch {
     let mut batch = batch(progress, n);
     for (i, record) in batch.records.iter_mut().enumerate() {
-        record.data = format!("{prefix}{i}").into_bytes();
+        record.data = format!("{prefix}{i}").into();
     }
     batch
 }

@@ -379,7 +379,7 @@ mod answer_tests {
             0,
         );
         Record {
-            data: b"x".to_vec(),
+            data: Bytes::from_static(b"x"),
             partition_key: "k".into(),
             ack: progress.token(0, 1).into(),
             shard: shard.map(Arc::from),
