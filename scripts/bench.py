@@ -35,6 +35,10 @@ line arrived, and fails loudly otherwise):
     scripts/bench.sh --scenario A --tls      # over HTTPS, as to Kinesis: the endpoint serves TLS
                                              # with a self-signed certificate (openssl), trusted
                                              # by the shipper through SSL_CERT_FILE
+    scripts/bench.sh --scenario A --tls --fluent-bit /path/to/fluent-bit
+                                             # then Fluent Bit (tail -> kinesis_streams, one
+                                             # Kinesis record per line) on the same file, to
+                                             # the same kind of endpoint, measured the same way
 
 Each scenario prints the machine and, beside its figures, the ones the README publishes
 (scripts/bench_published.json), so a regression shows at a glance.
@@ -325,6 +329,50 @@ def start_shipper(log, endpoint, data_dir, flags):
     return shipper
 
 
+FLUENT_BIT = {}
+
+# Fluent Bit as a user would set it up for the same job: tail the file from its start (offsets in
+# its own database, as the shipper keeps checkpoints), one Kinesis record per line (log_key: the
+# line itself, as the shipper sends it), its defaults otherwise. Its kinesis_streams output always
+# speaks TLS; it checks the endpoint's certificate against the same self-signed one.
+FLUENT_BIT_CONFIG = """\
+[SERVICE]
+    Flush        1
+    Grace        1
+    Log_Level    warn
+
+[INPUT]
+    Name            tail
+    Path            {log}
+    Read_from_Head  On
+    DB              {db}
+
+[OUTPUT]
+    Name         kinesis_streams
+    Match        *
+    region       us-east-1
+    stream       bench
+    endpoint     localhost
+    Port         {port}
+    log_key      log
+    tls.ca_file  {cert}
+    tls.vhost    localhost
+"""
+
+
+def start_fluent_bit(log, endpoint, data_dir, flags):
+    os.makedirs(data_dir, exist_ok=True)
+    config = os.path.join(data_dir, "fluent-bit.conf")
+    with open(config, "w") as out:
+        out.write(FLUENT_BIT_CONFIG.format(log=log, db=os.path.join(data_dir, "tail.db"),
+                                           port=endpoint.url.rsplit(":", 1)[1], cert=TLS["cert"]))
+    output = open(data_dir.rstrip("/") + ".stderr.log", "w+")
+    process = subprocess.Popen([FLUENT_BIT["path"], "-c", config, *flags], env=shipper_env(),
+                               stdout=output, stderr=output, text=True)
+    process.log_file = output
+    return process
+
+
 def check_alive(shipper, what):
     if shipper.poll() is None:
         return
@@ -344,13 +392,14 @@ def stop_shipper(shipper):
     return os.waitstatus_to_exitcode(status), usage
 
 
-def ship_until(log, endpoint, data_dir, flags, arrived, what):
-    """Start a shipper on `log`; poll the endpoint until `arrived(stats)`; stop it.
+def ship_until(log, endpoint, data_dir, flags, arrived, what, start=None):
+    """Start a shipper (or `start(log, endpoint, data_dir, flags)`) on `log`; poll the endpoint
+    until `arrived(stats)`; stop it.
 
     Returns (elapsed seconds from start to arrival, exit code, rusage, final stats).
     """
     started = time.monotonic()
-    shipper = start_shipper(log, endpoint, data_dir, flags)
+    shipper = (start or start_shipper)(log, endpoint, data_dir, flags)
     try:
         while True:
             current = endpoint.stats()
@@ -458,6 +507,14 @@ def scenario_a(args, work):
             log, endpoint, os.path.join(work, "a-data"), flags,
             lambda s: s.get("user_records_accepted", 0) >= lines, "scenario A")
         cpu = usage.ru_utime + usage.ru_stime
+        fluent_bit = None
+        if FLUENT_BIT:
+            # A fresh endpoint, so its counts are Fluent Bit's alone.
+            endpoint.close()
+            endpoint = Endpoint(shards=args.shards, threads=args.endpoint_threads)
+            fluent_bit = ship_until(log, endpoint, os.path.join(work, "a-fluent-bit"), [],
+                                    lambda s: s.get("user_records_accepted", 0) >= lines,
+                                    "Fluent Bit", start=start_fluent_bit)
 
         idle_log = os.path.join(work, "idle.log")
         open(idle_log, "w").close()
@@ -497,6 +554,20 @@ def scenario_a(args, work):
     ])
     if final.get("user_records_accepted", 0) < lines:
         sys.exit("scenario A: not every line arrived")
+    if fluent_bit:
+        fb_elapsed, fb_code, fb_usage, fb_final = fluent_bit
+        fb_cpu = fb_usage.ru_utime + fb_usage.ru_stime
+        print(f"Fluent Bit ({FLUENT_BIT['version']}; tail -> kinesis_streams, one record per line) on the "
+              f"same file, to a fresh endpoint of the same settings:\n")
+        table(["", "lines/s", "MB/s", "CPU-seconds per GB", "peak RSS", "records accepted"], [
+            ["shipper", f"{lines / elapsed:,.0f}", f"{mb / elapsed:,.1f}",
+             f"{cpu / (size / 1e9):.2f}", f"{usage.ru_maxrss / 1024:.1f} MiB",
+             final.get("user_records_accepted")],
+            ["Fluent Bit", f"{lines / fb_elapsed:,.0f}", f"{mb / fb_elapsed:,.1f}",
+             f"{fb_cpu / (size / 1e9):.2f}", f"{fb_usage.ru_maxrss / 1024:.1f} MiB",
+             fb_final.get("user_records_accepted")],
+        ])
+        print(f"shipper CPU per GB / Fluent Bit's: {cpu / fb_cpu:.2f}\n")
 
 
 B_MODES = [
@@ -984,6 +1055,8 @@ def main():
     parser.add_argument("--tls", action="store_true",
                         help="the shipper reaches the endpoint over HTTPS, as it reaches Kinesis")
     parser.add_argument("--extra", default="", help="A: extra shipper flags, e.g. '--aggregate'")
+    parser.add_argument("--fluent-bit", metavar="PATH",
+                        help="A: also run this Fluent Bit binary on the same file (needs --tls)")
     parser.add_argument("--b-lines-raw", type=int, help="B: lines for raw mode (default 10000, quick 3000)")
     parser.add_argument("--b-lines-agg", type=int,
                         help="B: lines for aggregated modes (default 300000, quick 100000)")
@@ -1027,6 +1100,13 @@ def main():
     print(f"machine: {machine()}; commit: {commit}; "
           f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-")
+    if args.fluent_bit:
+        if not args.tls:
+            raise SystemExit("--fluent-bit needs --tls: Fluent Bit's kinesis_streams output speaks only HTTPS")
+        version = subprocess.run([args.fluent_bit, "--version"], capture_output=True, text=True)
+        if version.returncode != 0:
+            raise SystemExit(f"{args.fluent_bit} --version failed: {version.stderr.strip()}")
+        FLUENT_BIT.update(path=args.fluent_bit, version=version.stdout.strip().splitlines()[0])
     if args.tls:
         make_certificate(work)
         print("transport: HTTPS (TLS 1.3, self-signed certificate through SSL_CERT_FILE)\n")
