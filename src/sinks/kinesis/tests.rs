@@ -83,11 +83,13 @@ fn fixture(outcomes: Vec<Result<Vec<EntryResult>, SendError>>) -> Fixture {
     }
 }
 
-/// Records "r0".."rN", each covering 10 bytes of the file.
+/// Records "r0".."rN", each covering 10 bytes of the file; their data shares one block, as the
+/// record builder makes it (retried records copy theirs out).
 fn batch(progress: &Arc<FileProgress>, n: usize) -> Batch {
+    let mut arena = crate::record::Arena::default();
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            data: format!("r{i}").into(),
+            data: arena.take(&mut format!("r{i}").into_bytes()),
             partition_key: "k".into(),
             ack: progress.token(i as u64 * 10, i as u64 * 10 + 10).into(),
             shard: None,
