@@ -502,10 +502,10 @@ def scenario_a(args, work):
     endpoint = Endpoint(shards=args.shards, threads=args.endpoint_threads)
     # The endpoint enforces no limits here, so neither does the shipper: this measures the pipeline.
     flags = ["--linger", "50ms", "--no-rate-limit"] + args.extra.split()
+    everything = lambda stats: stats.get("user_records_accepted", 0) >= lines  # noqa: E731
     try:
         elapsed, code, usage, final = ship_until(
-            log, endpoint, os.path.join(work, "a-data"), flags,
-            lambda s: s.get("user_records_accepted", 0) >= lines, "scenario A")
+            log, endpoint, os.path.join(work, "a-data"), flags, everything, "scenario A")
         cpu = usage.ru_utime + usage.ru_stime
         fluent_bit = None
         if FLUENT_BIT:
@@ -513,8 +513,7 @@ def scenario_a(args, work):
             endpoint.close()
             endpoint = Endpoint(shards=args.shards, threads=args.endpoint_threads)
             fluent_bit = ship_until(log, endpoint, os.path.join(work, "a-fluent-bit"), [],
-                                    lambda s: s.get("user_records_accepted", 0) >= lines,
-                                    "Fluent Bit", start=start_fluent_bit)
+                                    everything, "Fluent Bit", start=start_fluent_bit)
 
         idle_log = os.path.join(work, "idle.log")
         open(idle_log, "w").close()
@@ -555,7 +554,7 @@ def scenario_a(args, work):
     if final.get("user_records_accepted", 0) < lines:
         sys.exit("scenario A: not every line arrived")
     if fluent_bit:
-        fb_elapsed, fb_code, fb_usage, fb_final = fluent_bit
+        fb_elapsed, _, fb_usage, fb_final = fluent_bit
         fb_cpu = fb_usage.ru_utime + fb_usage.ru_stime
         print(f"Fluent Bit ({FLUENT_BIT['version']}; tail -> kinesis_streams, one record per line) on the "
               f"same file, to a fresh endpoint of the same settings:\n")
