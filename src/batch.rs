@@ -167,7 +167,14 @@ impl Batcher {
             None
         } else {
             self.per_shard.clear();
-            Some(std::mem::take(&mut self.current))
+            // The next batch starts with room for as many records as this one had: at a steady
+            // rate it fills without growing (a full batch of 500 would otherwise grow 9 times,
+            // copying its records each time).
+            let next = Batch {
+                records: Vec::with_capacity(self.current.records.len()),
+                bytes: 0,
+            };
+            Some(std::mem::replace(&mut self.current, next))
         }
     }
 }
@@ -356,6 +363,26 @@ mod tests {
         }
         full.extend(batcher.take().map(|b| b.records.len()));
         assert_eq!(full, vec![4, 2]);
+    }
+
+    #[test]
+    fn a_batch_after_a_full_one_fills_without_growing() {
+        let p = progress();
+        let mut batcher = Batcher::new(Limits::default());
+        let mut full = Vec::new();
+        for i in 0..1001u64 {
+            if let Pushed::Full(batch) = batcher.push(record(&p, i, 10, "k")) {
+                full.push(batch);
+            }
+        }
+        let [first, second] = full.as_slice() else {
+            panic!("expected two full batches, got {}", full.len());
+        };
+        assert_eq!((first.records.len(), second.records.len()), (500, 500));
+        // The second batch was given room for 500 when the first was cut, so it never grew.
+        assert_eq!(second.records.capacity(), 500);
+        let open = batcher.take().expect("the 1001st record");
+        assert_eq!((open.records.len(), open.records.capacity()), (1, 500));
     }
 
     #[test]
