@@ -234,12 +234,7 @@ impl Intercept for TakeAnswer {
         response
             .headers_mut()
             .insert("content-length", EMPTY_ANSWER.len().to_string());
-        *response.body_mut() = SdkBody::from_body_1_x(Capture {
-            inner: body,
-            buffer: Vec::new(),
-            answer: Arc::clone(&self.answer),
-            done: false,
-        });
+        *response.body_mut() = SdkBody::from_body_1_x(Capture::new(body, Arc::clone(&self.answer)));
         Ok(())
     }
 }
@@ -248,9 +243,34 @@ impl Intercept for TakeAnswer {
 /// `EMPTY_ANSWER` instead.
 struct Capture {
     inner: SdkBody,
-    buffer: Vec<u8>,
+    /// The frames read so far, as the HTTP client gave them (no copy).
+    parts: Vec<Bytes>,
     answer: Arc<Mutex<Option<Bytes>>>,
     done: bool,
+}
+
+impl Capture {
+    fn new(inner: SdkBody, answer: Arc<Mutex<Option<Bytes>>>) -> Self {
+        Capture {
+            inner,
+            parts: Vec::new(),
+            answer,
+            done: false,
+        }
+    }
+
+    /// The whole answer: the one frame itself when it came in one (the usual case), else the
+    /// frames joined with a single copy.
+    fn joined(parts: Vec<Bytes>) -> Bytes {
+        if parts.len() <= 1 {
+            return parts.into_iter().next().unwrap_or_default();
+        }
+        let mut whole = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+        for part in &parts {
+            whole.extend_from_slice(part);
+        }
+        Bytes::from(whole)
+    }
 }
 
 impl http_body::Body for Capture {
@@ -268,14 +288,16 @@ impl http_body::Body for Capture {
         loop {
             match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.buffer.extend_from_slice(&data);
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        this.parts.push(data);
                     }
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
                 None => {
                     this.done = true;
-                    let body = Bytes::from(std::mem::take(&mut this.buffer));
+                    let body = Capture::joined(std::mem::take(&mut this.parts));
                     *this
                         .answer
                         .lock()
@@ -495,5 +517,89 @@ mod answer_tests {
             assert_eq!(error.class, ErrorClass::Transient, "{error}");
             assert_eq!(error.code, "MalformedResponse");
         }
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A response body that yields the given frames, one per poll.
+    struct Frames(VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = aws_smithy_types::body::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.get_mut()
+                    .0
+                    .pop_front()
+                    .map(|data| Ok(Frame::data(data))),
+            )
+        }
+    }
+
+    /// Reads a `Capture` over `frames` to its end: what the SDK is given, and the answer kept.
+    fn capture(frames: &[Bytes]) -> (Vec<u8>, Bytes) {
+        let answer = Arc::new(Mutex::new(None));
+        let inner = SdkBody::from_body_1_x(Frames(frames.iter().cloned().collect()));
+        let mut capture = Capture::new(inner, Arc::clone(&answer));
+        let mut given = Vec::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            match http_body::Body::poll_frame(Pin::new(&mut capture), &mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    given.extend_from_slice(&frame.into_data().expect("a data frame"));
+                }
+                Poll::Ready(None) => break,
+                other => panic!("the body never pends or fails here: {other:?}"),
+            }
+        }
+        let kept = answer.lock().unwrap().take().expect("the answer is kept");
+        (given, kept)
+    }
+
+    #[test]
+    fn an_answer_in_one_frame_is_kept_without_a_copy() {
+        let frame = Bytes::from(br#"{"FailedRecordCount":0,"Records":[{"ShardId":"a"}]}"#.to_vec());
+        let (given, kept) = capture(std::slice::from_ref(&frame));
+        assert_eq!(given, EMPTY_ANSWER);
+        assert_eq!(kept, frame);
+        assert_eq!(
+            kept.as_ptr(),
+            frame.as_ptr(),
+            "the frame itself, not a copy"
+        );
+    }
+
+    #[test]
+    fn an_answer_in_several_frames_is_joined_in_order() {
+        let frames = [
+            Bytes::from_static(br#"{"FailedRecordCount":0,"#),
+            Bytes::new(),
+            Bytes::from_static(br#""Records":[{"ShardId":"a"},"#),
+            Bytes::from_static(br#"{"ShardId":"b"}]}"#),
+        ];
+        let (given, kept) = capture(&frames);
+        assert_eq!(given, EMPTY_ANSWER);
+        assert_eq!(
+            kept,
+            Bytes::from_static(
+                br#"{"FailedRecordCount":0,"Records":[{"ShardId":"a"},{"ShardId":"b"}]}"#
+            )
+        );
+    }
+
+    #[test]
+    fn an_empty_answer_is_kept_empty() {
+        let (given, kept) = capture(&[]);
+        assert_eq!(given, EMPTY_ANSWER);
+        assert!(kept.is_empty());
     }
 }
