@@ -334,9 +334,14 @@ async fn kill_9_moves_the_dead_replicas_shards_within_the_failover_time_and_lose
     eprintln!(
         "shards of the killed replica ({held_by_victim:?}) taken {settle:?} after kill -9 (failover {FAILOVER:?})"
     );
-    // Expiry is judged from a counter that stood still for the failover time, seen by a table
-    // read (every half of it) after the last renewal (every third of it).
-    assert!(settle <= FAILOVER * 2, "took {settle:?}");
+    // Expiry is judged from a counter that stood still for the failover time, as seen by the
+    // survivors' table reads (every half of it): up to one interval passes before a read sees the
+    // last counter, and expiry is decided at the first read the failover time after that one,
+    // which may fall one interval later. So: the failover time plus two read intervals, plus one
+    // more for the table scans and conditional writes of three replicas on a 2-core machine
+    // that is running the other lease tests too.
+    let bound = FAILOVER + FAILOVER / 2 * 3;
+    assert!(settle <= bound, "took {settle:?}, more than {bound:?}");
     let taken: u64 = replicas.iter().map(|r| r.get("leases_taken_total")).sum();
     assert!(taken >= held_by_victim.len() as u64);
 
