@@ -12,6 +12,9 @@ fn main() {
     let plain = std::env::var("SHIPPER_PLAIN_LINK").is_ok_and(|v| v == "1");
     if linux && !plain && script.is_file() {
         // An INSERT script adds to the linker's default layout instead of replacing it.
-        println!("cargo::rustc-link-arg-bin=shipper=-Wl,-T,{}", script.display());
+        println!(
+            "cargo::rustc-link-arg-bin=shipper=-Wl,-T,{}",
+            script.display()
+        );
     }
 }

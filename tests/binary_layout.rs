@@ -43,7 +43,11 @@ fn the_code_an_idle_shipper_runs_is_linked_together_before_the_rest() {
     let sections = sections(&elf);
     if option_env!("SHIPPER_PLAIN_LINK") == Some("1") {
         // Built without the script on purpose: then nothing is placed.
-        assert!(sections.iter().all(|(name, _, _)| name != ".text.startup_first"));
+        assert!(
+            sections
+                .iter()
+                .all(|(name, _, _)| name != ".text.startup_first")
+        );
         return;
     }
     let find = |wanted: &str| {
