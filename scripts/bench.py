@@ -249,6 +249,12 @@ TLS = {}
 
 
 def make_certificate(work):
+    cert, key = certificate(work)
+    TLS.update(cert=cert, key=key)
+
+
+def certificate(work):
+    """A self-signed certificate for 127.0.0.1 and localhost, made in `work`: (cert, key)."""
     cert, key = os.path.join(work, "tls-cert.pem"), os.path.join(work, "tls-key.pem")
     try:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -262,7 +268,7 @@ def make_certificate(work):
         raise SystemExit("--tls needs the openssl command to make a certificate")
     except subprocess.CalledProcessError as error:
         raise SystemExit(f"openssl could not make a certificate: {error.stderr.decode().strip()}")
-    TLS.update(cert=cert, key=key)
+    return cert, key
 
 
 class Endpoint:
