@@ -191,3 +191,15 @@ fn runtime(requests: usize) -> Option<tokio::runtime::Runtime> {
         }
     }
 }
+
+/// `pow`, from the `libm` crate instead of the C library's libm. Tokio's scheduler calls it every
+/// time a worker goes idle (`f64::powf`, for its mean poll time) and the SDK's adaptive retry
+/// calls it after a throttle; nothing else in the process needs libm. With this definition the
+/// binary no longer links `libm.so.6`, which the loader otherwise maps and relocates in every
+/// process (about 0.5 MiB of resident memory for this one function). `tests/binary_layout.rs`
+/// checks the library is not needed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[unsafe(no_mangle)]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}

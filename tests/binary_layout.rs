@@ -62,3 +62,45 @@ fn the_code_an_idle_shipper_runs_is_linked_together_before_the_rest() {
     // The patterns match: hundreds of functions, not a stray few (in any build profile).
     assert!(*first_size > 512 * 1024, "only {first_size} bytes placed");
 }
+
+/// The shared libraries the binary asks the loader for (its `DT_NEEDED` entries).
+fn needed_libraries(elf: &[u8]) -> Vec<String> {
+    let sections = sections(elf);
+    let find = |wanted: &str| {
+        let (_, at, size) = sections
+            .iter()
+            .find(|(name, _, _)| name == wanted)
+            .unwrap_or_else(|| panic!("no {wanted} section"));
+        &elf[*at as usize..(*at + *size) as usize]
+    };
+    let (dynamic, strings) = (find(".dynamic"), find(".dynstr"));
+    dynamic
+        .chunks_exact(16)
+        .map(|entry| {
+            let word = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap());
+            (word(0), word(8) as usize)
+        })
+        .take_while(|&(tag, _)| tag != 0)
+        .filter(|&(tag, _)| tag == 1)
+        .map(|(_, name)| {
+            let name = &strings[name..];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+            String::from_utf8_lossy(name).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn the_binary_does_not_load_libm() {
+    // `pow`, the one libm function the process calls, is defined in the binary (src/main.rs).
+    let elf = std::fs::read(Path::new(env!("CARGO_BIN_EXE_shipper"))).unwrap();
+    let needed = needed_libraries(&elf);
+    assert!(
+        needed.iter().any(|name| name.starts_with("libc.so")),
+        "{needed:?}"
+    );
+    assert!(
+        !needed.iter().any(|name| name.starts_with("libm.so")),
+        "{needed:?}"
+    );
+}
