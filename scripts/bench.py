@@ -52,6 +52,7 @@ import gzip
 import json
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -92,6 +93,28 @@ def machine():
     except OSError:
         pass
     return f"{os.cpu_count()} cores ({model or 'unknown CPU'})"
+
+
+def startup_layout():
+    """How many of the functions link/startup.ld names exactly (hash included) this build defines.
+
+    Fewer than all means the script was made with another compiler or other locked dependencies:
+    the start-up code is then placed by the patterns without hashes only, and idle RSS is higher
+    than published until scripts/startup_order.py is run again."""
+    script = os.path.join(ROOT, "link", "startup.ld")
+    try:
+        with open(script) as text:
+            exact = set(re.findall(r"\*\(\.text\.([^\s*]+) \.text\.unlikely\.[^\s*]+\)$", text.read(),
+                                   re.MULTILINE))
+        listing = subprocess.run(["nm", "--defined-only", os.path.join(RELEASE, "shipper")],
+                                 capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "start-up layout: not checked (no link/startup.ld, nm or symbol table)"
+    defined = {fields[2] for fields in map(str.split, listing.splitlines()) if len(fields) == 3}
+    found = len(exact & defined)
+    note = "" if found == len(exact) else (
+        " (stale: idle RSS will be higher than published; run scripts/startup_order.py)")
+    return f"start-up layout: {found} of {len(exact)} functions named exactly are in this build{note}"
 
 
 def header(title):
@@ -1107,6 +1130,7 @@ def main():
     print(f"## shipper benchmark\n")
     print(f"machine: {machine()}; commit: {commit}; "
           f"command: {' '.join(['scripts/bench.sh'] + sys.argv[1:])}\n")
+    print(f"{startup_layout()}\n")
     work = tempfile.mkdtemp(prefix="shipper-bench-")
     if args.fluent_bit:
         if not args.tls:

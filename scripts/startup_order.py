@@ -23,8 +23,8 @@ twice:
 
 Usage: scripts/startup_order.py [--no-build]    (needs valgrind, openssl and binutils' nm)
 Rerun it after changes to start-up (new clients, settings, endpoints) or to the compiler or the
-locked dependencies, and commit the result; the README's Performance section gives the idle RSS
-it is measured by.
+locked dependencies, and commit the result (scripts/bench.sh says when the exact names no longer
+match the build); the README's Performance section gives the idle RSS it is measured by.
 """
 
 import argparse
