@@ -6,10 +6,12 @@ readahead), so code run at start-up and while idle, scattered through a 12 MB `.
 of it resident. Placing those functions side by side keeps resident only about what runs.
 
 This runs the release build (which keeps its symbol table) under valgrind's callgrind against
-the in-repo endpoint, once over HTTP and once over HTTPS (a self-signed certificate made with
-openssl, trusted through SSL_CERT_FILE, as real Kinesis is reached): start-up (the stream
+the in-repo endpoint, tailing a file over HTTP, then over HTTPS (a self-signed certificate made
+with openssl, trusted through SSL_CERT_FILE, as real Kinesis is reached), then over HTTPS with a
+socket input too (`--socket unix://...`, the Helm chart's socket mode): start-up (the stream
 described, its shards listed), the probes and a scrape of the metrics endpoint, about 20 s idle,
-and a stop. Every function callgrind saw that the binary defines goes into the linker script
+and a stop. What only the socket run ran is named after the rest, so that a shipper without a
+socket does not keep it resident. Every function callgrind saw that the binary defines goes into the linker script
 twice:
 
 - first by its exact name, hash included: with the same compiler and the same locked
@@ -81,9 +83,9 @@ def requests(admin_port: str) -> int:
         return 0
 
 
-def run_idle(bin_dir: Path, work: Path, tls: bool) -> Path:
+def run_idle(bin_dir: Path, work: Path, tls: bool, socket: bool) -> Path:
     """Run the shipper under callgrind through start-up and idle; return callgrind's output."""
-    work = work / ("https" if tls else "http")
+    work = work / (("https" if tls else "http") + ("-socket" if socket else ""))
     work.mkdir()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_REGION="us-east-1")
     flags, scheme = [], "http"
@@ -129,6 +131,7 @@ def run_idle(bin_dir: Path, work: Path, tls: bool) -> Path:
                 work / "data",
                 "--metrics-addr",
                 f"127.0.0.1:{metrics}",
+                *(["--socket", f"unix://{work}/idle.sock"] if socket else []),
             ],
             env=env,
             stderr=open(work / "shipper.err", "w"),
@@ -194,15 +197,20 @@ def main() -> None:
     defined = defined_functions(bin_dir / "shipper")
     if not defined:
         sys.exit("startup_order: the release build has no symbol table (Cargo.toml: strip = \"debuginfo\")")
-    seen = set()
+    # A file over HTTP, a file over HTTPS, then the same with a socket input (the Helm chart's
+    # socket mode): what only the socket runs goes after the rest, so that a shipper without a
+    # socket does not keep it resident.
+    seen = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for tls in (False, True):
-            out = run_idle(bin_dir, Path(tmp), tls)
+        for tls, socket in ((False, False), (True, False), (True, True)):
+            out = run_idle(bin_dir, Path(tmp), tls, socket)
+            names = seen.setdefault(socket, set())
             for line in out.read_text(errors="replace").splitlines():
                 named = re.match(r"^c?fn=\(\d+\) (\S+)$", line)
                 if named:
-                    seen.add(named.group(1))
-    ran = sorted(seen & defined)
+                    names.add(named.group(1))
+    files = sorted(seen[False] & defined)
+    ran = files + sorted((seen[True] & defined) - seen[False])
     exact = [[f".text.{name}", f".text.unlikely.{name}"] for name in ran]
     loose = [
         [f".text.{p}", f".text.unlikely.{p}", f".text.startup.{p}"]
@@ -216,7 +224,8 @@ def main() -> None:
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(lines))
     print(
-        f"startup_order: {len(ran)} functions ran, {len(loose)} patterns without hashes"
+        f"startup_order: {len(ran)} functions ran ({len(ran) - len(files)} with the socket only),"
+        f" {len(loose)} patterns without hashes"
         f" -> {OUT.relative_to(ROOT)}"
     )
 
