@@ -104,8 +104,8 @@ def startup_layout():
     script = os.path.join(ROOT, "link", "startup.ld")
     try:
         with open(script) as text:
-            exact = set(re.findall(r"\*\(\.text\.([^\s*]+) \.text\.unlikely\.[^\s*]+\)$", text.read(),
-                                   re.MULTILINE))
+            exact = set(re.findall(r"\*\(\.text\.([^\s*]+) \.text\.unlikely\.[^\s*]+\)$",
+                                   text.read(), re.MULTILINE))
         listing = subprocess.run(["nm", "--defined-only", os.path.join(RELEASE, "shipper")],
                                  capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -114,7 +114,8 @@ def startup_layout():
     found = len(exact & defined)
     note = "" if found == len(exact) else (
         " (stale: idle RSS will be higher than published; run scripts/startup_order.py)")
-    return f"start-up layout: {found} of {len(exact)} functions named exactly are in this build{note}"
+    return (f"start-up layout: {found} of {len(exact)} functions named exactly are in this "
+            f"build{note}")
 
 
 def header(title):

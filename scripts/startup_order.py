@@ -11,8 +11,8 @@ with openssl, trusted through SSL_CERT_FILE, as real Kinesis is reached), then o
 socket input too (`--socket unix://...`, the Helm chart's socket mode): start-up (the stream
 described, its shards listed), the probes and a scrape of the metrics endpoint, about 20 s idle,
 and a stop. What only the socket run ran is named after the rest, so that a shipper without a
-socket does not keep it resident. Every function callgrind saw that the binary defines goes into the linker script
-twice:
+socket does not keep it resident. Every function callgrind saw that the binary defines goes into
+the linker script twice:
 
 - first by its exact name, hash included: with the same compiler and the same locked
   dependencies the release build has the same names, so exactly these functions come first;
@@ -196,7 +196,8 @@ def main() -> None:
     bin_dir = target / "release"
     defined = defined_functions(bin_dir / "shipper")
     if not defined:
-        sys.exit("startup_order: the release build has no symbol table (Cargo.toml: strip = \"debuginfo\")")
+        sys.exit("startup_order: the release build has no symbol table "
+                 "(Cargo.toml's release profile: strip = \"debuginfo\")")
     # A file over HTTP, a file over HTTPS, then the same with a socket input (the Helm chart's
     # socket mode): what only the socket runs goes after the rest, so that a shipper without a
     # socket does not keep it resident.
@@ -228,6 +229,7 @@ def main() -> None:
         f" {len(loose)} patterns without hashes"
         f" -> {OUT.relative_to(ROOT)}"
     )
+
 
 if __name__ == "__main__":
     main()
