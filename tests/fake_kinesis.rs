@@ -382,3 +382,62 @@ fn the_shipper_ships_over_https_and_checks_the_certificate() {
     let (code, _) = trusted.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0));
 }
+
+/// On EKS with IRSA a pod has no keys, only a web identity token and a role: the shipper gets
+/// temporary credentials from STS's AssumeRoleWithWebIdentity and signs every call with them.
+#[test]
+fn the_shipper_ships_with_credentials_from_a_web_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeKinesis::start(&["--stream", "logs"]);
+    let endpoint = format!("http://{}", fake.addr);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJ.web-identity.token").unwrap();
+    let log = dir.path().join("worker.log");
+    append_lines(&log, 0, 100);
+    let data_dir = dir.path().join("data");
+    let args = [
+        "tail",
+        log.to_str().unwrap(),
+        "--stream",
+        "logs",
+        "--endpoint-url",
+        &endpoint,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    let env = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+        ("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/shipper"),
+        ("AWS_ROLE_SESSION_NAME", "shipper-test"),
+        ("AWS_ENDPOINT_URL_STS", &endpoint),
+    ];
+    // No keys in the environment: the chain goes on to the web identity.
+    let removed = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+    let mut shipper = Shipper::start_without(&args, &env, &removed);
+    shipper.wait_log("shipper started", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted(&fake) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 lines arrived",
+            accepted(&fake)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    shipper.signal("TERM");
+    let (code, _) = shipper.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let stats = fake.admin("GET", "/stats", "");
+    assert!(
+        stats["web_identity_calls"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    // Every Kinesis call (describe, list shards, puts) was signed with the STS credentials.
+    let calls = stats["requests"].as_u64().unwrap() - stats["web_identity_calls"].as_u64().unwrap();
+    assert!(calls >= 3, "{stats}");
+    assert_eq!(
+        stats["requests_with_session_token"].as_u64().unwrap(),
+        calls,
+        "{stats}"
+    );
+}

@@ -148,6 +148,22 @@ pub async fn handle(
         .get("x-amz-target")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
+    if target.is_empty() && crate::sts::is_sts(&body) {
+        server
+            .stats
+            .web_identity_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return crate::sts::handle(&body).unwrap_or_else(|error| error);
+    }
+    if headers
+        .get("x-amz-security-token")
+        .is_some_and(|token| token == crate::sts::SESSION_TOKEN)
+    {
+        server
+            .stats
+            .requests_with_session_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
     let result = match operation {
         _ if target.starts_with(crate::firehose::TARGET_PREFIX) => {

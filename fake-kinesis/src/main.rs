@@ -22,6 +22,7 @@ mod put;
 mod read;
 mod state;
 mod stats;
+mod sts;
 mod tls;
 mod window;
 

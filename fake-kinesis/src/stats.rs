@@ -109,6 +109,10 @@ pub struct Stats {
     /// Firehose records accepted (each a PutRecordBatch entry).
     pub firehose_records_accepted: AtomicU64,
     pub firehose_bytes_accepted: AtomicU64,
+    /// STS AssumeRoleWithWebIdentity calls (see `sts.rs`).
+    pub web_identity_calls: AtomicU64,
+    /// Kinesis and Firehose requests signed with the credentials those calls handed out.
+    pub requests_with_session_token: AtomicU64,
     /// By second since start: PutRecords entries accepted, their bytes (data and partition keys)
     /// and entries refused for throughput.
     pub per_second: Mutex<Vec<[u64; 3]>>,
@@ -137,6 +141,8 @@ impl Stats {
             "firehose_calls": get(&self.firehose_calls),
             "firehose_records_accepted": get(&self.firehose_records_accepted),
             "firehose_bytes_accepted": get(&self.firehose_bytes_accepted),
+            "web_identity_calls": get(&self.web_identity_calls),
+            "requests_with_session_token": get(&self.requests_with_session_token),
         })
     }
 
@@ -175,6 +181,8 @@ impl Stats {
             &self.firehose_calls,
             &self.firehose_records_accepted,
             &self.firehose_bytes_accepted,
+            &self.web_identity_calls,
+            &self.requests_with_session_token,
         ] {
             counter.store(0, Relaxed);
         }

@@ -275,10 +275,18 @@ pub struct Shipper {
 
 impl Shipper {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Shipper {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shipper"))
-            .args(args)
-            .envs(aws_env())
-            .envs(env.iter().copied())
+        Shipper::start_without(args, env, &[])
+    }
+
+    /// [`Shipper::start`], with the variables `removed` taken out of its environment (say, the
+    /// access keys of [`aws_env`], to have it find credentials another way).
+    pub fn start_without(args: &[&str], env: &[(&str, &str)], removed: &[&str]) -> Shipper {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shipper"));
+        command.args(args).envs(aws_env()).envs(env.iter().copied());
+        for name in removed {
+            command.env_remove(name);
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
