@@ -153,7 +153,7 @@ pub async fn handle(
             .stats
             .web_identity_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return crate::sts::handle(&body).unwrap_or_else(|error| error);
+        return crate::sts::handle(&body);
     }
     if headers
         .get("x-amz-security-token")

@@ -24,25 +24,29 @@ fn field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Answers an STS call: AssumeRoleWithWebIdentity with a role and a token gets credentials that
-/// expire in 2099; anything else gets STS's error for it.
-pub fn handle(body: &[u8]) -> Result<Response, Response> {
+/// expire in 2099 (HTTP 200); anything else gets STS's error for it (HTTP 400).
+pub fn handle(body: &[u8]) -> Response {
+    match credentials(body) {
+        Ok(xml) => xml_response(StatusCode::OK, xml),
+        Err((code, message)) => error(code, &message),
+    }
+}
+
+fn credentials(body: &[u8]) -> Result<String, (&'static str, String)> {
     let body =
-        std::str::from_utf8(body).map_err(|_| error("InvalidParameterValue", "not UTF-8"))?;
+        std::str::from_utf8(body).map_err(|_| ("InvalidParameterValue", "not UTF-8".to_owned()))?;
     if field(body, "Action") != Some("AssumeRoleWithWebIdentity") {
-        return Err(error(
+        return Err((
             "InvalidAction",
-            "only AssumeRoleWithWebIdentity is served here",
+            "only AssumeRoleWithWebIdentity is served here".to_owned(),
         ));
     }
     for required in ["RoleArn", "WebIdentityToken"] {
         if field(body, required).is_none_or(str::is_empty) {
-            return Err(error(
-                "MissingParameter",
-                &format!("the request has no {required}"),
-            ));
+            return Err(("MissingParameter", format!("the request has no {required}")));
         }
     }
-    let xml = format!(
+    Ok(format!(
         r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
     <Credentials>
@@ -58,8 +62,7 @@ pub fn handle(body: &[u8]) -> Result<Response, Response> {
   </AssumeRoleWithWebIdentityResult>
   <ResponseMetadata><RequestId>fake-kinesis</RequestId></ResponseMetadata>
 </AssumeRoleWithWebIdentityResponse>"#
-    );
-    Ok(xml_response(StatusCode::OK, xml))
+    ))
 }
 
 fn error(code: &str, message: &str) -> Response {
@@ -89,14 +92,11 @@ mod tests {
         let call = b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A0%3Arole%2Fr&RoleSessionName=s&WebIdentityToken=t";
         assert!(is_sts(call));
         assert!(!is_sts(br#"{"StreamName":"logs"}"#));
-        assert_eq!(handle(call).unwrap().status(), StatusCode::OK);
+        assert_eq!(handle(call).status(), StatusCode::OK);
         let no_token = b"Action=AssumeRoleWithWebIdentity&RoleArn=r&WebIdentityToken=";
-        assert_eq!(
-            handle(no_token).unwrap_err().status(),
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(handle(no_token).status(), StatusCode::BAD_REQUEST);
         let other = b"Version=2011-06-15&Action=GetCallerIdentity";
         assert!(is_sts(other));
-        assert_eq!(handle(other).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(handle(other).status(), StatusCode::BAD_REQUEST);
     }
 }
