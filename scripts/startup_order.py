@@ -8,10 +8,11 @@ of it resident. Placing those functions side by side keeps resident only about w
 This runs the release build (which keeps its symbol table) under valgrind's callgrind against
 the in-repo endpoint, tailing a file over HTTP, then over HTTPS (a self-signed certificate made
 with openssl, trusted through SSL_CERT_FILE, as real Kinesis is reached), then over HTTPS with a
-socket input too (`--socket unix://...`, the Helm chart's socket mode): start-up (the stream
-described, its shards listed), the probes and a scrape of the metrics endpoint, about 20 s idle,
-and a stop. What only the socket run ran is named after the rest, so that a shipper without a
-socket does not keep it resident. Every function callgrind saw that the binary defines goes into
+socket input too (`--socket unix://...`, the Helm chart's socket mode), then over HTTPS with
+credentials from a web identity instead of keys (EKS IRSA; the endpoint answers STS too): start-up
+(the stream described, its shards listed), the probes and a scrape of the metrics endpoint, about
+20 s idle, and a stop. What only the socket or the web identity ran is named after the rest, so
+that a shipper without them does not keep it resident. Every function callgrind saw that the binary defines goes into
 the linker script twice:
 
 - first by its exact name, hash included: with the same compiler and the same locked
@@ -83,9 +84,13 @@ def requests(admin_port: str) -> int:
         return 0
 
 
-def run_idle(bin_dir: Path, work: Path, tls: bool, socket: bool) -> Path:
-    """Run the shipper under callgrind through start-up and idle; return callgrind's output."""
-    work = work / (("https" if tls else "http") + ("-socket" if socket else ""))
+def run_idle(bin_dir: Path, work: Path, tls: bool, extra: str) -> Path:
+    """Run the shipper under callgrind through start-up and idle; return callgrind's output.
+
+    `extra` is "" (a file, keys in the environment), "socket" (a socket input as well) or
+    "web-identity" (no keys: credentials from STS's AssumeRoleWithWebIdentity, as with EKS IRSA,
+    which the in-repo endpoint answers)."""
+    work = work / ("-".join(filter(None, ["https" if tls else "http", extra])))
     work.mkdir()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_REGION="us-east-1")
     flags, scheme = [], "http"
@@ -112,6 +117,15 @@ def run_idle(bin_dir: Path, work: Path, tls: bool, socket: bool) -> Path:
                 sys.exit(f"startup_order: fake-kinesis did not start TLS: {second!r}")
             port = second.rsplit(":", 1)[1]
         (work / "idle.log").touch()
+        if extra == "web-identity":
+            (work / "token").write_text("web-identity-token")
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                del env[name]
+            env.update(
+                AWS_WEB_IDENTITY_TOKEN_FILE=str(work / "token"),
+                AWS_ROLE_ARN="arn:aws:iam::000000000000:role/shipper",
+                AWS_ENDPOINT_URL_STS=f"{scheme}://localhost:{port}",
+            )
         metrics = free_port()
         out = work / "callgrind.out"
         shipper = subprocess.Popen(
@@ -131,7 +145,7 @@ def run_idle(bin_dir: Path, work: Path, tls: bool, socket: bool) -> Path:
                 work / "data",
                 "--metrics-addr",
                 f"127.0.0.1:{metrics}",
-                *(["--socket", f"unix://{work}/idle.sock"] if socket else []),
+                *(["--socket", f"unix://{work}/idle.sock"] if extra == "socket" else []),
             ],
             env=env,
             stderr=open(work / "shipper.err", "w"),
@@ -198,20 +212,22 @@ def main() -> None:
     if not defined:
         sys.exit("startup_order: the release build has no symbol table "
                  "(Cargo.toml's release profile: strip = \"debuginfo\")")
-    # A file over HTTP, a file over HTTPS, then the same with a socket input (the Helm chart's
-    # socket mode): what only the socket runs goes after the rest, so that a shipper without a
-    # socket does not keep it resident.
+    # A file over HTTP and over HTTPS; then over HTTPS with a socket input (the Helm chart's
+    # socket mode), and with credentials from a web identity (EKS IRSA). What only those runs ran
+    # goes after the rest, so that a shipper without them does not keep it resident.
     seen = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for tls, socket in ((False, False), (True, False), (True, True)):
-            out = run_idle(bin_dir, Path(tmp), tls, socket)
-            names = seen.setdefault(socket, set())
+        for tls, extra in ((False, ""), (True, ""), (True, "socket"), (True, "web-identity")):
+            out = run_idle(bin_dir, Path(tmp), tls, extra)
+            names = seen.setdefault(extra, set())
             for line in out.read_text(errors="replace").splitlines():
                 named = re.match(r"^c?fn=\(\d+\) (\S+)$", line)
                 if named:
                     names.add(named.group(1))
-    files = sorted(seen[False] & defined)
-    ran = files + sorted((seen[True] & defined) - seen[False])
+    files = sorted(seen[""] & defined)
+    socket = sorted((seen["socket"] & defined) - seen[""])
+    identity = sorted((seen["web-identity"] & defined) - seen[""] - seen["socket"])
+    ran = files + socket + identity
     exact = [[f".text.{name}", f".text.unlikely.{name}"] for name in ran]
     loose = [
         [f".text.{p}", f".text.unlikely.{p}", f".text.startup.{p}"]
@@ -225,7 +241,8 @@ def main() -> None:
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("".join(lines))
     print(
-        f"startup_order: {len(ran)} functions ran ({len(ran) - len(files)} with the socket only),"
+        f"startup_order: {len(ran)} functions ran ({len(socket)} with the socket only,"
+        f" {len(identity)} with the web identity only),"
         f" {len(loose)} patterns without hashes"
         f" -> {OUT.relative_to(ROOT)}"
     )
