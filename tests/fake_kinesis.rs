@@ -405,7 +405,11 @@ fn the_shipper_ships_with_credentials_from_a_web_identity() {
         "--data-dir",
         data_dir.to_str().unwrap(),
     ];
+    // No profile files either (a developer's ~/.aws would come first in the chain).
+    let none = dir.path().join("no-such-file");
     let env = [
+        ("AWS_CONFIG_FILE", none.to_str().unwrap()),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()),
         ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
         ("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/shipper"),
         ("AWS_ROLE_SESSION_NAME", "shipper-test"),
