@@ -445,3 +445,65 @@ fn the_shipper_ships_with_credentials_from_a_web_identity() {
         "{stats}"
     );
 }
+
+/// With EKS Pod Identity (or on ECS) a pod has no keys, only a credentials endpoint and a token
+/// file: the shipper gets temporary credentials from that endpoint and signs every call with them.
+#[test]
+fn the_shipper_ships_with_credentials_from_the_container_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeKinesis::start(&["--stream", "logs"]);
+    let endpoint = format!("http://{}", fake.addr);
+    let credentials = format!("{endpoint}/credentials");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "pod-identity-token").unwrap();
+    let log = dir.path().join("worker.log");
+    append_lines(&log, 0, 100);
+    let data_dir = dir.path().join("data");
+    let args = [
+        "tail",
+        log.to_str().unwrap(),
+        "--stream",
+        "logs",
+        "--endpoint-url",
+        &endpoint,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
+    let none = dir.path().join("no-such-file");
+    let env = [
+        ("AWS_CONFIG_FILE", none.to_str().unwrap()),
+        ("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &credentials),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            token.to_str().unwrap(),
+        ),
+    ];
+    let removed = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+    let mut shipper = Shipper::start_without(&args, &env, &removed);
+    shipper.wait_log("shipper started", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted(&fake) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 100 lines arrived",
+            accepted(&fake)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    shipper.signal("TERM");
+    let (code, _) = shipper.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    let stats = fake.admin("GET", "/stats", "");
+    assert!(
+        stats["container_credentials_calls"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let calls = stats["requests"].as_u64().unwrap();
+    assert!(calls >= 3, "{stats}");
+    assert_eq!(
+        stats["requests_with_session_token"].as_u64().unwrap(),
+        calls,
+        "{stats}"
+    );
+}

@@ -148,16 +148,16 @@ pub async fn handle(
         .get("x-amz-target")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    if target.is_empty() && crate::sts::is_sts(&body) {
+    if target.is_empty() && crate::credentials::is_sts(&body) {
         server
             .stats
             .web_identity_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return crate::sts::handle(&body);
+        return crate::credentials::handle(&body);
     }
     if headers
         .get("x-amz-security-token")
-        .is_some_and(|token| token == crate::sts::SESSION_TOKEN)
+        .is_some_and(|token| token == crate::credentials::SESSION_TOKEN)
     {
         server
             .stats

@@ -16,13 +16,13 @@
 
 mod admin;
 mod api;
+mod credentials;
 mod firehose;
 mod payload;
 mod put;
 mod read;
 mod state;
 mod stats;
-mod sts;
 mod tls;
 mod window;
 
@@ -167,6 +167,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let body_limit = args.max_request_bytes.saturating_mul(2).max(1 << 20);
     let app = Router::new()
         .route("/", post(api::handle))
+        .route("/credentials", get(credentials::container))
         .route("/stats", get(admin::stats))
         .route("/stats/seconds", get(admin::seconds))
         .route("/stats/reset", post(admin::reset))

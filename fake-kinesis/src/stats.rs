@@ -109,8 +109,10 @@ pub struct Stats {
     /// Firehose records accepted (each a PutRecordBatch entry).
     pub firehose_records_accepted: AtomicU64,
     pub firehose_bytes_accepted: AtomicU64,
-    /// STS AssumeRoleWithWebIdentity calls (see `sts.rs`).
+    /// STS AssumeRoleWithWebIdentity calls (see `credentials.rs`).
     pub web_identity_calls: AtomicU64,
+    /// Calls of the container credentials endpoint, `GET /credentials`.
+    pub container_credentials_calls: AtomicU64,
     /// Kinesis and Firehose requests signed with the credentials those calls handed out.
     pub requests_with_session_token: AtomicU64,
     /// By second since start: PutRecords entries accepted, their bytes (data and partition keys)
@@ -142,6 +144,7 @@ impl Stats {
             "firehose_records_accepted": get(&self.firehose_records_accepted),
             "firehose_bytes_accepted": get(&self.firehose_bytes_accepted),
             "web_identity_calls": get(&self.web_identity_calls),
+            "container_credentials_calls": get(&self.container_credentials_calls),
             "requests_with_session_token": get(&self.requests_with_session_token),
         })
     }
@@ -182,6 +185,7 @@ impl Stats {
             &self.firehose_records_accepted,
             &self.firehose_bytes_accepted,
             &self.web_identity_calls,
+            &self.container_credentials_calls,
             &self.requests_with_session_token,
         ] {
             counter.store(0, Relaxed);

@@ -1,13 +1,24 @@
-//! STS's AssumeRoleWithWebIdentity over the awsQuery protocol, as the AWS SDKs' web identity
-//! credential provider (EKS IRSA: `AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`, and
-//! `AWS_ENDPOINT_URL_STS` pointing here) calls it: a form-encoded `POST /`, answered in XML with
-//! temporary credentials. Kinesis and Firehose requests signed with them carry
-//! [`SESSION_TOKEN`] in `X-Amz-Security-Token`; `/stats` counts both.
+//! Temporary credentials, as the AWS SDKs' providers on EKS get them:
+//! - STS's AssumeRoleWithWebIdentity over the awsQuery protocol (IRSA: `AWS_WEB_IDENTITY_TOKEN_FILE`,
+//!   `AWS_ROLE_ARN`, and `AWS_ENDPOINT_URL_STS` pointing here): a form-encoded `POST /`, answered
+//!   in XML;
+//! - the container credentials endpoint (EKS Pod Identity, ECS: `AWS_CONTAINER_CREDENTIALS_FULL_URI`
+//!   set to `http://127.0.0.1:PORT/credentials`, `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`):
+//!   `GET /credentials` with the token in `Authorization`, answered in JSON.
+//!
+//! Kinesis and Firehose requests signed with these credentials carry [`SESSION_TOKEN`] in
+//! `X-Amz-Security-Token`; `/stats` counts the calls of each kind and those requests.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// The session token of the credentials every call gets.
+use crate::state::Server;
+
+/// The session token of the credentials every call of either kind gets.
 pub const SESSION_TOKEN: &str = "fake-kinesis-web-identity-session";
 
 /// Whether a request body is an STS call (awsQuery: form-encoded, with an `Action`).
@@ -63,6 +74,28 @@ fn credentials(body: &[u8]) -> Result<String, (&'static str, String)> {
   <ResponseMetadata><RequestId>fake-kinesis</RequestId></ResponseMetadata>
 </AssumeRoleWithWebIdentityResponse>"#
     ))
+}
+
+/// `GET /credentials`: the container credentials endpoint. A call without an `Authorization`
+/// header is refused (the SDK sends the token it read from its token file).
+pub async fn container(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    server
+        .stats
+        .container_credentials_calls
+        .fetch_add(1, Relaxed);
+    if headers
+        .get(header::AUTHORIZATION)
+        .is_none_or(|token| token.is_empty())
+    {
+        return (StatusCode::UNAUTHORIZED, "no Authorization token").into_response();
+    }
+    let body = serde_json::json!({
+        "AccessKeyId": "ASIAFAKEKINESIS00002",
+        "SecretAccessKey": "fake-kinesis-secret",
+        "Token": SESSION_TOKEN,
+        "Expiration": "2099-01-01T00:00:00Z",
+    });
+    crate::api::json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
 fn error(code: &str, message: &str) -> Response {
