@@ -9,10 +9,11 @@ This runs the release build (which keeps its symbol table) under valgrind's call
 the in-repo endpoint, tailing a file over HTTP, then over HTTPS (a self-signed certificate made
 with openssl, trusted through SSL_CERT_FILE, as real Kinesis is reached), then over HTTPS with a
 socket input too (`--socket unix://...`, the Helm chart's socket mode), then over HTTPS with
-credentials from a web identity instead of keys (EKS IRSA; the endpoint answers STS too): start-up
-(the stream described, its shards listed), the probes and a scrape of the metrics endpoint, about
-20 s idle, and a stop. What only the socket or the web identity ran is named after the rest, so
-that a shipper without them does not keep it resident. Every function callgrind saw that the binary defines goes into
+credentials from a web identity instead of keys (EKS IRSA), then from the container endpoint (EKS
+Pod Identity; the in-repo endpoint serves both): start-up (the stream described, its shards
+listed), the probes and a scrape of the metrics endpoint, about 20 s idle, and a stop. What only
+the socket or one way to credentials ran is named after the rest, so that a shipper without them
+does not keep it resident. Every function callgrind saw that the binary defines goes into
 the linker script twice:
 
 - first by its exact name, hash included: with the same compiler and the same locked
@@ -87,9 +88,10 @@ def requests(admin_port: str) -> int:
 def run_idle(bin_dir: Path, work: Path, tls: bool, extra: str) -> Path:
     """Run the shipper under callgrind through start-up and idle; return callgrind's output.
 
-    `extra` is "" (a file, keys in the environment), "socket" (a socket input as well) or
-    "web-identity" (no keys: credentials from STS's AssumeRoleWithWebIdentity, as with EKS IRSA,
-    which the in-repo endpoint answers)."""
+    `extra` is "" (a file, keys in the environment), "socket" (a socket input as well),
+    "web-identity" (no keys: credentials from STS's AssumeRoleWithWebIdentity, as with EKS IRSA)
+    or "container" (no keys: credentials from the container endpoint, as with EKS Pod Identity);
+    the in-repo endpoint serves both kinds of credentials."""
     work = work / ("-".join(filter(None, ["https" if tls else "http", extra])))
     work.mkdir()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_REGION="us-east-1")
@@ -117,14 +119,20 @@ def run_idle(bin_dir: Path, work: Path, tls: bool, extra: str) -> Path:
                 sys.exit(f"startup_order: fake-kinesis did not start TLS: {second!r}")
             port = second.rsplit(":", 1)[1]
         (work / "idle.log").touch()
-        if extra == "web-identity":
-            (work / "token").write_text("web-identity-token")
+        if extra in ("web-identity", "container"):
+            (work / "token").write_text(f"{extra}-token")
             for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 del env[name]
+        if extra == "web-identity":
             env.update(
                 AWS_WEB_IDENTITY_TOKEN_FILE=str(work / "token"),
                 AWS_ROLE_ARN="arn:aws:iam::000000000000:role/shipper",
                 AWS_ENDPOINT_URL_STS=f"{scheme}://localhost:{port}",
+            )
+        if extra == "container":
+            env.update(
+                AWS_CONTAINER_CREDENTIALS_FULL_URI=f"http://127.0.0.1:{admin}/credentials",
+                AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(work / "token"),
             )
         metrics = free_port()
         out = work / "callgrind.out"
@@ -213,11 +221,14 @@ def main() -> None:
         sys.exit("startup_order: the release build has no symbol table "
                  "(Cargo.toml's release profile: strip = \"debuginfo\")")
     # A file over HTTP and over HTTPS; then over HTTPS with a socket input (the Helm chart's
-    # socket mode), and with credentials from a web identity (EKS IRSA). What only those runs ran
-    # goes after the rest, so that a shipper without them does not keep it resident.
+    # socket mode), with credentials from a web identity (EKS IRSA) and from the container
+    # endpoint (EKS Pod Identity). What only those runs ran goes after the rest, so that a
+    # shipper without them does not keep it resident.
     seen = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for tls, extra in ((False, ""), (True, ""), (True, "socket"), (True, "web-identity")):
+        runs = ((False, ""), (True, ""), (True, "socket"), (True, "web-identity"),
+                (True, "container"))
+        for tls, extra in runs:
             out = run_idle(bin_dir, Path(tmp), tls, extra)
             names = seen.setdefault(extra, set())
             for line in out.read_text(errors="replace").splitlines():
@@ -227,7 +238,10 @@ def main() -> None:
     files = sorted(seen[""] & defined)
     socket = sorted((seen["socket"] & defined) - seen[""])
     identity = sorted((seen["web-identity"] & defined) - seen[""] - seen["socket"])
-    ran = files + socket + identity
+    container = sorted(
+        (seen["container"] & defined) - seen[""] - seen["socket"] - seen["web-identity"]
+    )
+    ran = files + socket + identity + container
     exact = [[f".text.{name}", f".text.unlikely.{name}"] for name in ran]
     loose = [
         [f".text.{p}", f".text.unlikely.{p}", f".text.startup.{p}"]
@@ -242,7 +256,8 @@ def main() -> None:
     OUT.write_text("".join(lines))
     print(
         f"startup_order: {len(ran)} functions ran ({len(socket)} with the socket only,"
-        f" {len(identity)} with the web identity only),"
+        f" {len(identity)} with the web identity only, {len(container)} with the container"
+        f" endpoint only),"
         f" {len(loose)} patterns without hashes"
         f" -> {OUT.relative_to(ROOT)}"
     )
