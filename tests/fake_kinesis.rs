@@ -383,18 +383,18 @@ fn the_shipper_ships_over_https_and_checks_the_certificate() {
     assert_eq!(code, Some(0));
 }
 
-/// On EKS with IRSA a pod has no keys, only a web identity token and a role: the shipper gets
-/// temporary credentials from STS's AssumeRoleWithWebIdentity and signs every call with them.
-#[test]
-fn the_shipper_ships_with_credentials_from_a_web_identity() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = FakeKinesis::start(&["--stream", "logs"]);
-    let endpoint = format!("http://{}", fake.addr);
-    let token = dir.path().join("token");
-    std::fs::write(&token, "eyJ.web-identity.token").unwrap();
-    let log = dir.path().join("worker.log");
+/// Ships 100 lines to `fake` with no keys and no profile files in the shipper's environment (a
+/// developer's ~/.aws would come first in the chain), only `env`; returns the endpoint's counts
+/// once every line arrived and the shipper stopped cleanly.
+fn ship_without_keys(
+    fake: &FakeKinesis,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let log = dir.join("worker.log");
     append_lines(&log, 0, 100);
-    let data_dir = dir.path().join("data");
+    let (data_dir, none) = (dir.join("data"), dir.join("no-such-file"));
+    let endpoint = format!("http://{}", fake.addr);
     let args = [
         "tail",
         log.to_str().unwrap(),
@@ -405,33 +405,46 @@ fn the_shipper_ships_with_credentials_from_a_web_identity() {
         "--data-dir",
         data_dir.to_str().unwrap(),
     ];
-    // No profile files either (a developer's ~/.aws would come first in the chain).
-    let none = dir.path().join("no-such-file");
-    let env = [
-        ("AWS_CONFIG_FILE", none.to_str().unwrap()),
-        ("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
-        ("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/shipper"),
-        ("AWS_ROLE_SESSION_NAME", "shipper-test"),
-        ("AWS_ENDPOINT_URL_STS", &endpoint),
-    ];
-    // No keys in the environment: the chain goes on to the web identity.
+    let mut env = env.to_vec();
+    env.push(("AWS_CONFIG_FILE", none.to_str().unwrap()));
+    env.push(("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()));
     let removed = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
     let mut shipper = Shipper::start_without(&args, &env, &removed);
     shipper.wait_log("shipper started", Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while accepted(&fake) < 100 {
+    while accepted(fake) < 100 {
         assert!(
             Instant::now() < deadline,
             "only {} of 100 lines arrived",
-            accepted(&fake)
+            accepted(fake)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     shipper.signal("TERM");
     let (code, _) = shipper.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0));
-    let stats = fake.admin("GET", "/stats", "");
+    fake.admin("GET", "/stats", "")
+}
+
+/// On EKS with IRSA a pod has no keys, only a web identity token and a role: the shipper gets
+/// temporary credentials from STS's AssumeRoleWithWebIdentity and signs every call with them.
+#[test]
+fn the_shipper_ships_with_credentials_from_a_web_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeKinesis::start(&["--stream", "logs"]);
+    let endpoint = format!("http://{}", fake.addr);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJ.web-identity.token").unwrap();
+    let stats = ship_without_keys(
+        &fake,
+        dir.path(),
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            ("AWS_ROLE_ARN", "arn:aws:iam::000000000000:role/shipper"),
+            ("AWS_ROLE_SESSION_NAME", "shipper-test"),
+            ("AWS_ENDPOINT_URL_STS", &endpoint),
+        ],
+    );
     assert!(
         stats["web_identity_calls"].as_u64().unwrap() >= 1,
         "{stats}"
@@ -452,49 +465,20 @@ fn the_shipper_ships_with_credentials_from_a_web_identity() {
 fn the_shipper_ships_with_credentials_from_the_container_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeKinesis::start(&["--stream", "logs"]);
-    let endpoint = format!("http://{}", fake.addr);
-    let credentials = format!("{endpoint}/credentials");
+    let credentials = format!("http://{}/credentials", fake.addr);
     let token = dir.path().join("token");
     std::fs::write(&token, "pod-identity-token").unwrap();
-    let log = dir.path().join("worker.log");
-    append_lines(&log, 0, 100);
-    let data_dir = dir.path().join("data");
-    let args = [
-        "tail",
-        log.to_str().unwrap(),
-        "--stream",
-        "logs",
-        "--endpoint-url",
-        &endpoint,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ];
-    let none = dir.path().join("no-such-file");
-    let env = [
-        ("AWS_CONFIG_FILE", none.to_str().unwrap()),
-        ("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()),
-        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &credentials),
-        (
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            token.to_str().unwrap(),
-        ),
-    ];
-    let removed = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
-    let mut shipper = Shipper::start_without(&args, &env, &removed);
-    shipper.wait_log("shipper started", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while accepted(&fake) < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 100 lines arrived",
-            accepted(&fake)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    shipper.signal("TERM");
-    let (code, _) = shipper.wait(Duration::from_secs(30));
-    assert_eq!(code, Some(0));
-    let stats = fake.admin("GET", "/stats", "");
+    let stats = ship_without_keys(
+        &fake,
+        dir.path(),
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &credentials),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                token.to_str().unwrap(),
+            ),
+        ],
+    );
     assert!(
         stats["container_credentials_calls"].as_u64().unwrap() >= 1,
         "{stats}"
