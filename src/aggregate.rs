@@ -276,6 +276,17 @@ impl Aggregator {
 
     /// Ends this aggregate: nothing, the lone record unwrapped, or the KPL encoding.
     pub fn finish(self) -> Finished {
+        let mut finished = self.finish_unsealed();
+        if let Finished::Aggregated { data, .. } = &mut finished {
+            seal(&mut [data]);
+        }
+        finished
+    }
+
+    /// As [`Aggregator::finish`], but an aggregate's MD5 trailer is left as zeros, to be written by
+    /// [`seal`] together with other aggregates' (their MD5s are computed at once, see
+    /// [`crate::md5_lanes`]). Until then the aggregate is not valid.
+    pub fn finish_unsealed(self) -> Finished {
         match self.user_records {
             0 => Finished::Empty,
             1 => Finished::Single {
@@ -287,10 +298,7 @@ impl Aggregator {
                 out.extend_from_slice(&MAGIC);
                 out.extend_from_slice(&self.key_table);
                 out.extend_from_slice(&self.records);
-                let mut md5 = Md5::new();
-                md5.update(&self.key_table);
-                md5.update(&self.records);
-                out.extend_from_slice(&md5.finalize());
+                out.extend_from_slice(&[0; MD5_LEN]);
                 Finished::Aggregated {
                     partition_key: self.first_key,
                     data: out,
@@ -307,6 +315,19 @@ impl Aggregator {
         protobuf.extend_from_slice(&self.key_table);
         protobuf.extend_from_slice(&self.records);
         frame(&protobuf)
+    }
+}
+
+/// Writes the MD5 trailer of aggregates from [`Aggregator::finish_unsealed`], hashing them together.
+pub fn seal(aggregates: &mut [&mut Vec<u8>]) {
+    let protobufs: Vec<&[u8]> = aggregates
+        .iter()
+        .map(|data| &data[MAGIC.len()..data.len() - MD5_LEN])
+        .collect();
+    let digests = crate::md5_lanes::digests(&protobufs);
+    for (data, digest) in aggregates.iter_mut().zip(digests) {
+        let end = data.len();
+        data[end - MD5_LEN..].copy_from_slice(&digest);
     }
 }
 
