@@ -119,9 +119,46 @@ pub enum Finished {
     /// key: it hashes to the same shard as every record inside.
     Aggregated {
         partition_key: String,
-        data: Vec<u8>,
+        data: Framed,
         user_records: usize,
     },
+}
+
+/// An aggregate's bytes (magic, protobuf, MD5 trailer), left where [`Aggregator`] built them:
+/// from `start` to the end of `buf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Framed {
+    /// The bytes, without copying them.
+    pub fn into_bytes(self) -> bytes::Bytes {
+        bytes::Bytes::from(self.buf).slice(self.start..)
+    }
+
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+
+    fn protobuf(&self) -> &[u8] {
+        &self[MAGIC.len()..self.len() - MD5_LEN]
+    }
+
+    fn trailer_mut(&mut self) -> &mut [u8] {
+        let end = self.buf.len();
+        &mut self.buf[end - MD5_LEN..]
+    }
+}
+
+impl std::ops::Deref for Framed {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// Number of bytes protobuf uses to encode `value` as a varint.
@@ -149,14 +186,24 @@ fn record_body_len(index: u64, data_len: usize) -> usize {
     1 + varint_len(index) + delimited_len(data_len)
 }
 
+/// Room kept in front of the records for the magic and the key table: [`Aggregator::finish`]
+/// writes them there, in front of the records, instead of copying the records after them. One
+/// shared random key takes 18 bytes; a table larger than this is copied.
+const HEAD_ROOM: usize = 256;
+
+/// Room the records' buffer starts with (an aggregate of the default 64 KiB never grows it).
+const INITIAL_RECORDS_BYTES: usize = 64 * 1024;
+
 /// Builds one aggregated record, tracking its exact encoded size.
 ///
 /// Protobuf fields are written in table-then-records order, as the KPL writes them, into
-/// two buffers that [`Aggregator::finish`] concatenates.
+/// two buffers: the records after [`HEAD_ROOM`] bytes, where [`Aggregator::finish`] puts the
+/// magic and the table in front of them.
 #[derive(Debug)]
 pub struct Aggregator {
     max_bytes: usize,
     key_table: Vec<u8>,
+    /// [`HEAD_ROOM`] bytes, then the records.
     records: Vec<u8>,
     key_indexes: HashMap<String, u64>,
     /// Where each key's bytes sit in `key_table`, by index.
@@ -178,7 +225,12 @@ impl Aggregator {
         Self {
             max_bytes,
             key_table: Vec::new(),
-            records: Vec::new(),
+            records: {
+                let mut records =
+                    Vec::with_capacity(HEAD_ROOM + max_bytes.min(INITIAL_RECORDS_BYTES));
+                records.resize(HEAD_ROOM, 0);
+                records
+            },
             key_indexes: HashMap::new(),
             key_ranges: Vec::new(),
             last_key: None,
@@ -204,7 +256,7 @@ impl Aggregator {
 
     /// Exact size of [`Aggregator::finish`]'s output if it holds two or more records.
     pub fn encoded_len(&self) -> usize {
-        FRAMING_LEN + self.key_table.len() + self.records.len()
+        FRAMING_LEN + self.key_table.len() + self.records.len() - HEAD_ROOM
     }
 
     /// Exact encoded size after pushing a record with this key and data length.
@@ -294,14 +346,24 @@ impl Aggregator {
                 partition_key: self.first_key,
             },
             user_records => {
-                let mut out = Vec::with_capacity(self.encoded_len());
-                out.extend_from_slice(&MAGIC);
-                out.extend_from_slice(&self.key_table);
-                out.extend_from_slice(&self.records);
-                out.extend_from_slice(&[0; MD5_LEN]);
+                let head = MAGIC.len() + self.key_table.len();
+                let (mut buf, start) = if head <= HEAD_ROOM {
+                    let mut buf = self.records;
+                    let start = HEAD_ROOM - head;
+                    buf[start..start + MAGIC.len()].copy_from_slice(&MAGIC);
+                    buf[start + MAGIC.len()..HEAD_ROOM].copy_from_slice(&self.key_table);
+                    (buf, start)
+                } else {
+                    let mut buf = Vec::with_capacity(head + self.records.len());
+                    buf.extend_from_slice(&MAGIC);
+                    buf.extend_from_slice(&self.key_table);
+                    buf.extend_from_slice(&self.records[HEAD_ROOM..]);
+                    (buf, 0)
+                };
+                buf.extend_from_slice(&[0; MD5_LEN]);
                 Finished::Aggregated {
                     partition_key: self.first_key,
-                    data: out,
+                    data: Framed { buf, start },
                     user_records,
                 }
             }
@@ -313,21 +375,17 @@ impl Aggregator {
     pub fn encode(&self) -> Vec<u8> {
         let mut protobuf = Vec::with_capacity(self.key_table.len() + self.records.len());
         protobuf.extend_from_slice(&self.key_table);
-        protobuf.extend_from_slice(&self.records);
+        protobuf.extend_from_slice(&self.records[HEAD_ROOM..]);
         frame(&protobuf)
     }
 }
 
 /// Writes the MD5 trailer of aggregates from [`Aggregator::finish_unsealed`], hashing them together.
-pub fn seal(aggregates: &mut [&mut Vec<u8>]) {
-    let protobufs: Vec<&[u8]> = aggregates
-        .iter()
-        .map(|data| &data[MAGIC.len()..data.len() - MD5_LEN])
-        .collect();
+pub fn seal(aggregates: &mut [&mut Framed]) {
+    let protobufs: Vec<&[u8]> = aggregates.iter().map(|data| data.protobuf()).collect();
     let digests = crate::md5_lanes::digests(&protobufs);
     for (data, digest) in aggregates.iter_mut().zip(digests) {
-        let end = data.len();
-        data[end - MD5_LEN..].copy_from_slice(&digest);
+        data.trailer_mut().copy_from_slice(&digest);
     }
 }
 
@@ -461,7 +519,7 @@ mod tests {
                     prop_assert_eq!(vec![(partition_key, data)], accepted);
                 }
                 Finished::Aggregated { partition_key, data, user_records } => {
-                    prop_assert_eq!(&data, &encoded);
+                    prop_assert_eq!(&*data, &encoded[..]);
                     prop_assert_eq!(user_records, accepted.len());
                     prop_assert_eq!(&partition_key, &accepted[0].0);
                 }

@@ -118,7 +118,8 @@ async fn put_lines(
                     aggregator.try_push(&key, line(i).as_bytes()).unwrap();
                 }
                 let data = match aggregator.finish() {
-                    Finished::Aggregated { data, .. } | Finished::Single { data, .. } => data,
+                    Finished::Aggregated { data, .. } => data.into_vec(),
+                    Finished::Single { data, .. } => data,
                     Finished::Empty => continue,
                 };
                 entries.push((key.clone(), compression.compress(&data)));
@@ -384,12 +385,12 @@ async fn bad_records_are_dead_lettered_or_forwarded_never_fatal() {
     aggregator.try_push("k", b"inside an aggregate").unwrap();
     aggregator.try_push("k", b"with a wrong checksum").unwrap();
     let Finished::Aggregated {
-        data: mut wrong_md5,
-        ..
+        data: wrong_md5, ..
     } = aggregator.finish()
     else {
         panic!("two records aggregate")
     };
+    let mut wrong_md5 = wrong_md5.into_vec();
     *wrong_md5.last_mut().unwrap() ^= 0xff;
     let mut corrupt = shipper::aggregate::MAGIC.to_vec();
     corrupt.extend_from_slice(&[0x0a, 0xff, 0xff, 0xff, 0x01, 0x02]);
@@ -407,6 +408,7 @@ async fn bad_records_are_dead_lettered_or_forwarded_never_fatal() {
     else {
         panic!("two records aggregate")
     };
+    let big_inside = big_inside.into_vec();
     let mut entries = vec![
         ("k".to_string(), corrupt),
         ("k".to_string(), wrong_md5),

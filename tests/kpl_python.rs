@@ -263,7 +263,8 @@ fn library_aggregates_decode_with_the_reference_decoder() {
     let mut aggregator = Aggregator::new(8 * 1024);
     let mut emit = |finished: Finished| {
         let data = match finished {
-            Finished::Aggregated { data, .. } | Finished::Single { data, .. } => data,
+            Finished::Aggregated { data, .. } => data.into_vec(),
+            Finished::Single { data, .. } => data,
             Finished::Empty => return,
         };
         printed.push_str(&stdout_line(&data));

@@ -139,7 +139,7 @@ mod tests {
             aggregator.try_push(key, data).unwrap();
         }
         match aggregator.finish() {
-            Finished::Aggregated { data, .. } => data,
+            Finished::Aggregated { data, .. } => data.into_vec(),
             other => panic!("expected an aggregate, got {other:?}"),
         }
     }

@@ -108,7 +108,7 @@ mod tests {
                 .unwrap();
         }
         match aggregator.finish() {
-            Finished::Aggregated { data, .. } => data,
+            Finished::Aggregated { data, .. } => data.into_vec(),
             Finished::Single { data, .. } => data,
             Finished::Empty => Vec::new(),
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::ack::Acks;
-use crate::aggregate::{Aggregator, Finished, PushError};
+use crate::aggregate::{Aggregator, Finished, Framed, PushError};
 use crate::batch::Stage;
 use crate::compress::Compression;
 use crate::md5_lanes;
@@ -64,7 +64,7 @@ impl Open {
 /// A closed aggregate, its MD5 trailer not yet written.
 struct Unsealed {
     partition_key: String,
-    data: Vec<u8>,
+    data: Framed,
     user_records: usize,
     ack: Acks,
     shard: Option<Arc<str>>,
@@ -125,7 +125,7 @@ impl Packer {
                 data,
             } => {
                 self.seal_into(out);
-                self.send(partition_key, data, 1, ack, shard, out);
+                self.send(partition_key, data.into(), 1, ack, shard, out);
             }
             Finished::Aggregated {
                 partition_key,
@@ -156,7 +156,8 @@ impl Packer {
         self.unsealed_bytes = 0;
         crate::aggregate::seal(&mut unsealed.iter_mut().map(|u| &mut u.data).collect::<Vec<_>>());
         for u in unsealed.drain(..) {
-            self.send(u.partition_key, u.data, u.user_records, u.ack, u.shard, out);
+            let data = u.data.into_bytes();
+            self.send(u.partition_key, data, u.user_records, u.ack, u.shard, out);
         }
         // Keep the vector's room for the next ones.
         self.unsealed = unsealed;
@@ -165,14 +166,14 @@ impl Packer {
     fn send(
         &self,
         partition_key: String,
-        data: Vec<u8>,
+        data: Bytes,
         user_records: usize,
         ack: Acks,
         shard: Option<Arc<str>>,
         out: &mut Vec<Record>,
     ) {
         out.push(Record {
-            data: self.compressed(data.into()),
+            data: self.compressed(data),
             partition_key: partition_key.into(),
             ack,
             shard,
