@@ -133,8 +133,13 @@ pub struct Framed {
 }
 
 impl Framed {
-    /// The bytes, without copying them.
+    /// The bytes, without copying them when they fill most of the buffer. An aggregate closed
+    /// early (at the linger, with a few records) is copied out, so that while it is in flight or
+    /// retried it holds its own bytes, not the room a full one would have had.
     pub fn into_bytes(self) -> bytes::Bytes {
+        if self.len() < self.buf.capacity() / 2 {
+            return bytes::Bytes::copy_from_slice(&self);
+        }
         bytes::Bytes::from(self.buf).slice(self.start..)
     }
 
