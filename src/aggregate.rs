@@ -125,8 +125,8 @@ pub enum Finished {
 }
 
 /// An aggregate's bytes (magic, protobuf, MD5 trailer), left where [`Aggregator`] built them:
-/// from `start` to the end of `buf`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// from `start` to the end of `buf`. Two are equal when their bytes are.
+#[derive(Debug, Clone)]
 pub struct Framed {
     buf: Vec<u8>,
     start: usize,
@@ -157,6 +157,14 @@ impl Framed {
         &mut self.buf[end - MD5_LEN..]
     }
 }
+
+impl PartialEq for Framed {
+    fn eq(&self, other: &Framed) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Framed {}
 
 impl std::ops::Deref for Framed {
     type Target = [u8];
