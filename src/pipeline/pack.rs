@@ -88,9 +88,8 @@ pub struct Packer {
     /// it without hashing their own keys, until it is full. Random-keyed records so spread over
     /// the shards an aggregate at a time instead of a record at a time.
     random_shard: Option<usize>,
-    /// Closed aggregates waiting to be sealed together, and their total size.
+    /// Closed aggregates waiting to be sealed together.
     unsealed: Vec<Unsealed>,
-    unsealed_bytes: usize,
     /// How many aggregates one MD5 pass seals on this CPU.
     lanes: usize,
 }
@@ -111,7 +110,6 @@ impl Packer {
             open: Vec::new(),
             random_shard: None,
             unsealed: Vec::new(),
-            unsealed_bytes: 0,
             lanes: md5_lanes::lanes(),
         }
     }
@@ -132,7 +130,6 @@ impl Packer {
                 data,
                 user_records,
             } => {
-                self.unsealed_bytes += data.len();
                 self.unsealed.push(Unsealed {
                     partition_key,
                     data,
@@ -140,7 +137,8 @@ impl Packer {
                     ack,
                     shard,
                 });
-                if self.unsealed.len() >= self.lanes || self.unsealed_bytes >= MAX_UNSEALED_BYTES {
+                let bytes: usize = self.unsealed.iter().map(|u| u.data.len()).sum();
+                if self.unsealed.len() >= self.lanes || bytes >= MAX_UNSEALED_BYTES {
                     self.seal_into(out);
                 }
             }
@@ -153,7 +151,6 @@ impl Packer {
             return;
         }
         let mut unsealed = std::mem::take(&mut self.unsealed);
-        self.unsealed_bytes = 0;
         crate::aggregate::seal(&mut unsealed.iter_mut().map(|u| &mut u.data).collect::<Vec<_>>());
         for u in unsealed.drain(..) {
             let data = u.data.into_bytes();
@@ -331,6 +328,15 @@ mod tests {
         )
     }
 
+    fn progress() -> Arc<FileProgress> {
+        FileProgress::new(
+            FileId { dev: 1, ino: 1 },
+            "/a".into(),
+            Fingerprint::default(),
+            0,
+        )
+    }
+
     fn records(progress: &Arc<FileProgress>, n: u64) -> Vec<Record> {
         (0..n)
             .map(|i| Record {
@@ -347,12 +353,7 @@ mod tests {
     #[test]
     fn aggregates_hold_only_records_of_their_shard_and_round_trip() {
         for compress in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            let progress = FileProgress::new(
-                FileId { dev: 1, ino: 1 },
-                "/a".into(),
-                Fingerprint::default(),
-                0,
-            );
+            let progress = progress();
             let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
             let mut packer = packer(true, compress, 4, 2048);
             let mut out = Vec::new();
@@ -405,12 +406,7 @@ mod tests {
 
     #[test]
     fn closed_aggregates_are_sealed_together_and_leave_in_order() {
-        let progress = FileProgress::new(
-            FileId { dev: 1, ino: 1 },
-            "/a".into(),
-            Fingerprint::default(),
-            0,
-        );
+        let progress = progress();
         let mut packer = packer(true, Compression::None, 1, 1024);
         packer.lanes = 4;
         let mut out = Vec::new();
@@ -469,12 +465,7 @@ mod tests {
 
     #[test]
     fn without_aggregation_records_pass_with_their_shard() {
-        let progress = FileProgress::new(
-            FileId { dev: 1, ino: 1 },
-            "/a".into(),
-            Fingerprint::default(),
-            0,
-        );
+        let progress = progress();
         let mut packer = packer(false, Compression::None, 2, 2048);
         let mut out = Vec::new();
         packer.begin(&mut out);
@@ -491,12 +482,7 @@ mod tests {
         // Large aggregates: every random-keyed record joins the first one that has a random key.
         // Small ones: they fill one aggregate after another, each on the shard of its own key.
         for (max, random_aggregates) in [(1 << 20, 1..=1), (2048, 10..=300)] {
-            let progress = FileProgress::new(
-                FileId { dev: 1, ino: 1 },
-                "/a".into(),
-                Fingerprint::default(),
-                0,
-            );
+            let progress = progress();
             let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
             let mut rng = crate::partition_key::KeyRng::from_seed(7);
             let mut packer = packer(true, Compression::None, 4, max);
