@@ -1,6 +1,7 @@
 //! The Kinesis API over the awsJson1_1 protocol, as aws-sdk-kinesis speaks it: `POST /`
 //! with `X-Amz-Target: Kinesis_20131202.<Operation>`, JSON bodies, blobs in base64,
-//! timestamps in epoch seconds, errors as `{"__type": ..., "message": ...}`.
+//! timestamps in epoch seconds, errors as `{"__type": ..., "message": ...}`. PutRecords is also
+//! served in the CBOR protocol (`cbor.rs`), unless the endpoint was started with `--no-cbor`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{ACCOUNT_ID, Server, Stream};
-use crate::{put, read};
+use crate::{cbor, put, read};
 
 /// Prefix of `X-Amz-Target` (the Smithy service shape name of Kinesis).
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
@@ -79,10 +80,14 @@ impl IntoResponse for ApiError {
 }
 
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    typed_response(status, body, CONTENT_TYPE)
+}
+
+fn typed_response(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response {
     let mut response = (status, body).into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -165,6 +170,20 @@ pub async fn handle(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
+    // A server without CBOR reads the body as JSON, and refuses it as a JSON-only endpoint does.
+    let cbor = server.cbor
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(cbor::CONTENT_TYPE.as_bytes()));
+    if cbor {
+        let result = match operation {
+            "PutRecords" => put::put_records_cbor(&server, &faults, &body),
+            _ => Err(ApiError::serialization(format!(
+                "{operation} is served in JSON only"
+            ))),
+        };
+        return answer(&server, result, true);
+    }
     let result = match operation {
         _ if target.starts_with(crate::firehose::TARGET_PREFIX) => {
             let operation = &target[crate::firehose::TARGET_PREFIX.len()..];
@@ -187,7 +206,13 @@ pub async fn handle(
             format!("operation {target:?} is not supported by this endpoint"),
         )),
     };
+    answer(&server, result, false)
+}
+
+/// The HTTP answer to a call, in CBOR or JSON; client errors are counted.
+fn answer(server: &Server, result: Result<Vec<u8>, ApiError>, cbor: bool) -> Response {
     match result {
+        Ok(body) if cbor => typed_response(StatusCode::OK, body, cbor::CONTENT_TYPE),
         Ok(body) => json_response(StatusCode::OK, body),
         Err(error) => {
             if error.status.is_client_error() {
@@ -196,7 +221,12 @@ pub async fn handle(
                     .invalid_requests
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            error.into_response()
+            if cbor {
+                let body = cbor::error(error.kind, &error.message);
+                typed_response(error.status, body, cbor::CONTENT_TYPE)
+            } else {
+                error.into_response()
+            }
         }
     }
 }

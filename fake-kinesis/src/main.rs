@@ -16,6 +16,7 @@
 
 mod admin;
 mod api;
+mod cbor;
 mod credentials;
 mod firehose;
 mod payload;
@@ -73,6 +74,10 @@ struct Args {
     /// Delay added before answering every API call.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Serve PutRecords in JSON only, refusing a CBOR body as a JSON-only endpoint does (400
+    /// SerializationException, in JSON).
+    #[arg(long)]
+    no_cbor: bool,
     /// Keep accepted records for GetRecords and /records (memory grows with the data).
     #[arg(long)]
     store: bool,
@@ -157,6 +162,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         max_request_bytes: args.max_request_bytes,
         window: args.window,
+        cbor: !args.no_cbor,
     }));
     server.create_stream(&args.stream, usize::from(args.shards));
     for name in &args.delivery_streams {

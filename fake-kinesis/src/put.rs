@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use shipper::shard_map::{hash_key, parse_hash_key};
 
 use crate::api::{ApiError, StreamSelector, body, parse};
-use crate::payload;
 use crate::state::{ACCOUNT_ID, Faults, Server, Shard, StoredRecord, now_seconds};
+use crate::{cbor, payload};
 
 /// Most entries in one PutRecords call (PutRecords API reference).
 pub const MAX_ENTRIES: usize = 500;
@@ -94,7 +94,40 @@ impl Prepared {
     }
 }
 
-fn prepare(server: &Server, position: usize, entry: Entry<'_>) -> Result<Prepared, ApiError> {
+/// An entry's data as it came: base64 text (JSON) or bytes (CBOR).
+enum Data<'a> {
+    Base64(Cow<'a, str>),
+    Raw(Cow<'a, [u8]>),
+}
+
+/// One entry of either protocol.
+struct Sent<'a> {
+    data: Data<'a>,
+    partition_key: Cow<'a, str>,
+    explicit_hash_key: Option<Cow<'a, str>>,
+}
+
+impl<'a> From<Entry<'a>> for Sent<'a> {
+    fn from(entry: Entry<'a>) -> Self {
+        Sent {
+            data: Data::Base64(entry.data),
+            partition_key: entry.partition_key,
+            explicit_hash_key: entry.explicit_hash_key,
+        }
+    }
+}
+
+impl<'a> From<cbor::Entry<'a>> for Sent<'a> {
+    fn from(entry: cbor::Entry<'a>) -> Self {
+        Sent {
+            data: Data::Raw(entry.data),
+            partition_key: entry.partition_key,
+            explicit_hash_key: entry.explicit_hash_key,
+        }
+    }
+}
+
+fn prepare(server: &Server, position: usize, entry: Sent<'_>) -> Result<Prepared, ApiError> {
     let key_chars = entry.partition_key.chars().count();
     if !PARTITION_KEY_CHARS.contains(&key_chars) {
         return Err(ApiError::validation(format!(
@@ -102,9 +135,12 @@ fn prepare(server: &Server, position: usize, entry: Entry<'_>) -> Result<Prepare
              failed to satisfy constraint: Member must have length between 1 and 256"
         )));
     }
-    let data = BASE64
-        .decode(entry.data.as_bytes())
-        .map_err(|error| ApiError::serialization(format!("Data is not base64: {error}")))?;
+    let data = match entry.data {
+        Data::Base64(text) => BASE64
+            .decode(text.as_bytes())
+            .map_err(|error| ApiError::serialization(format!("Data is not base64: {error}")))?,
+        Data::Raw(bytes) => bytes.into_owned(),
+    };
     if data.len() > server.max_record_bytes {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value at 'records.{position}.member.data' failed to \
@@ -213,7 +249,53 @@ pub fn put_records(
 ) -> Result<Vec<u8>, ApiError> {
     server.stats.put_records_calls.fetch_add(1, Relaxed);
     let input: PutRecordsInput<'_> = parse(body_bytes)?;
-    let count = input.records.len();
+    let selector = StreamSelector {
+        stream_name: input.stream_name,
+        stream_arn: input.stream_arn,
+    };
+    let sent = input.records.into_iter().map(Sent::from).collect();
+    body(&put_entries(server, faults, sent, &selector)?)
+}
+
+/// PutRecords in the CBOR protocol.
+pub fn put_records_cbor(
+    server: &Server,
+    faults: &Faults,
+    body_bytes: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    server.stats.put_records_calls.fetch_add(1, Relaxed);
+    server.stats.cbor_requests.fetch_add(1, Relaxed);
+    let (entries, selector) = cbor::put_records_input(body_bytes)?;
+    let sent = entries.into_iter().map(Sent::from).collect();
+    let output = put_entries(server, faults, sent, &selector)?;
+    Ok(cbor::put_records_output(
+        output.failed_record_count,
+        output.records.iter().map(|result| match result {
+            EntryResult::Accepted {
+                sequence_number,
+                shard_id,
+            } => cbor::Outcome::Accepted {
+                sequence_number,
+                shard_id,
+            },
+            EntryResult::Failed {
+                error_code,
+                error_message,
+            } => cbor::Outcome::Failed {
+                error_code,
+                error_message,
+            },
+        }),
+    ))
+}
+
+fn put_entries(
+    server: &Server,
+    faults: &Faults,
+    sent: Vec<Sent<'_>>,
+    selector: &StreamSelector,
+) -> Result<PutRecordsOutput, ApiError> {
+    let count = sent.len();
     if count == 0 || count > MAX_ENTRIES {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value at 'records' failed to satisfy constraint: \
@@ -222,7 +304,7 @@ pub fn put_records(
     }
     let mut entries = Vec::with_capacity(count);
     let mut request_bytes = 0;
-    for (position, entry) in input.records.into_iter().enumerate() {
+    for (position, entry) in sent.into_iter().enumerate() {
         let prepared = prepare(server, position + 1, entry)?;
         request_bytes += prepared.size();
         entries.push(prepared);
@@ -233,10 +315,6 @@ pub fn put_records(
             server.max_request_bytes >> 20
         )));
     }
-    let selector = StreamSelector {
-        stream_name: input.stream_name,
-        stream_arn: input.stream_arn,
-    };
     let stream = selector.resolve(server)?;
     inject_http_failure(server, faults)?;
 
@@ -273,7 +351,7 @@ pub fn put_records(
     server
         .stats
         .count_second(server.current_second(), accepted, accepted_bytes, refused);
-    body(&PutRecordsOutput {
+    Ok(PutRecordsOutput {
         failed_record_count,
         records,
         encryption_type: "NONE",
@@ -292,7 +370,7 @@ pub fn put_record(
         partition_key: input.partition_key,
         explicit_hash_key: input.explicit_hash_key,
     };
-    let entry = prepare(server, 1, entry)?;
+    let entry = prepare(server, 1, entry.into())?;
     let selector = StreamSelector {
         stream_name: input.stream_name,
         stream_arn: input.stream_arn,

@@ -242,6 +242,8 @@ pub struct Server {
     pub max_request_bytes: usize,
     /// How each shard counts its writes against the limits.
     pub window: WindowModel,
+    /// Whether PutRecords is served in CBOR too.
+    pub cbor: bool,
     /// Bound for decompressing a received record while counting user records.
     pub max_decompressed_bytes: usize,
     sequence: AtomicU64,
@@ -255,6 +257,7 @@ pub struct ServerSettings {
     pub max_record_bytes: usize,
     pub max_request_bytes: usize,
     pub window: WindowModel,
+    pub cbor: bool,
 }
 
 impl Server {
@@ -269,6 +272,7 @@ impl Server {
             max_record_bytes: settings.max_record_bytes,
             max_request_bytes: settings.max_request_bytes,
             window: settings.window,
+            cbor: settings.cbor,
             // Our own shipper compresses at fast levels; 64x the record limit leaves room.
             max_decompressed_bytes: settings.max_record_bytes.saturating_mul(64),
             sequence: AtomicU64::new(1),
@@ -353,6 +357,7 @@ mod tests {
             max_record_bytes: 1 << 20,
             max_request_bytes: 5 << 20,
             window: WindowModel::Fixed,
+            cbor: true,
         })
     }
 

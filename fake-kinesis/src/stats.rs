@@ -82,6 +82,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub put_records_calls: AtomicU64,
     pub put_record_calls: AtomicU64,
+    /// PutRecords calls in the CBOR protocol.
+    pub cbor_requests: AtomicU64,
     /// User records in accepted Kinesis records, after decompression and de-aggregation.
     pub user_records_accepted: AtomicU64,
     /// Bytes of those user records' data.
@@ -127,6 +129,7 @@ impl Stats {
             "requests": get(&self.requests),
             "put_records_calls": get(&self.put_records_calls),
             "put_record_calls": get(&self.put_record_calls),
+            "cbor_requests": get(&self.cbor_requests),
             "user_records_accepted": get(&self.user_records_accepted),
             "user_bytes_accepted": get(&self.user_bytes_accepted),
             "kinesis_records_accepted": get(&self.kinesis_records_accepted),
@@ -168,6 +171,7 @@ impl Stats {
             &self.requests,
             &self.put_records_calls,
             &self.put_record_calls,
+            &self.cbor_requests,
             &self.user_records_accepted,
             &self.user_bytes_accepted,
             &self.kinesis_records_accepted,
