@@ -122,6 +122,10 @@ pub struct Options {
     /// 1 MiB/s, and slowed down when Kinesis throttles it).
     #[arg(long, env = "SHIPPER_NO_RATE_LIMIT")]
     pub no_rate_limit: bool,
+    /// Send PutRecords as JSON (data in base64) instead of CBOR (data as raw bytes). CBOR is the
+    /// default and is dropped by itself for an endpoint that does not accept it.
+    #[arg(long, env = "SHIPPER_NO_CBOR")]
+    pub no_cbor: bool,
     /// How long a record may wait for more records before its batch is sent (default 200ms).
     #[arg(long, env = "SHIPPER_LINGER", value_name = "DURATION")]
     pub linger: Option<String>,

@@ -143,6 +143,7 @@ pub struct FileConfig {
     pub aggregate: bool,
     pub aggregate_max_bytes: Option<usize>,
     pub rate_limit: Option<bool>,
+    pub cbor: Option<bool>,
     pub max_open_files: Option<usize>,
     pub max_held_deleted_for_ms: Option<u64>,
     pub max_held_deleted_bytes: Option<u64>,
@@ -249,6 +250,8 @@ pub struct Config {
     pub aggregate: bool,
     pub aggregate_max_bytes: usize,
     pub rate_limit: bool,
+    /// PutRecords in CBOR when the endpoint accepts it (else JSON).
+    pub cbor: bool,
     pub max_open_files: usize,
     #[serde(serialize_with = "humantime_ser")]
     pub max_held_deleted_for: Duration,
@@ -507,6 +510,7 @@ impl Config {
             ));
         }
         let rate_limit = !options.no_rate_limit && file.rate_limit.unwrap_or(true);
+        let cbor = !options.no_cbor && file.cbor.unwrap_or(true);
         let max_open_files = options
             .max_open_files
             .or(file.max_open_files)
@@ -587,6 +591,7 @@ impl Config {
             aggregate,
             aggregate_max_bytes,
             rate_limit,
+            cbor,
             compress,
             metrics_addr,
             stream,

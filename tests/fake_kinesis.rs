@@ -485,3 +485,96 @@ fn assert_signed_by(stats: &serde_json::Value, source: &str, other: u64) {
         "{stats}"
     );
 }
+
+/// PutRecords goes in CBOR to an endpoint that speaks it, every call. An endpoint that speaks only
+/// JSON refuses the first CBOR calls (one per request slot at most); the shipper sends those
+/// records again in JSON, says so once, and sends only JSON from then on. `--no-cbor` sends JSON
+/// from the start. Every line arrives each time.
+#[test]
+fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
+    const LINES: usize = 3000;
+    const CONCURRENCY: u64 = 4;
+    for (fake_args, shipper_args) in [
+        (&[][..], &[][..]),
+        (&["--no-cbor"][..], &[][..]),
+        (&[][..], &["--no-cbor"][..]),
+    ] {
+        let case = format!("endpoint {fake_args:?}, shipper {shipper_args:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--stream", "logs", "--shards", "2", "--track-duplicates"];
+        args.extend_from_slice(fake_args);
+        let fake = FakeKinesis::start(&args);
+        let log = dir.path().join("worker.log");
+        append_lines(&log, 0, LINES);
+        let (endpoint, data_dir) = (format!("http://{}", fake.addr), dir.path().join("data"));
+        // Small requests, so that there are many of them after the first.
+        let mut args = vec![
+            "tail",
+            log.to_str().unwrap(),
+            "--stream",
+            "logs",
+            "--endpoint-url",
+            &endpoint,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--max-batch-records",
+            "50",
+            "--concurrency",
+            "4",
+        ];
+        args.extend_from_slice(shipper_args);
+        let mut shipper = Shipper::start(&args, &[]);
+        shipper.wait_log("shipper started", Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accepted(&fake) < LINES as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{case}: only {} of {LINES} lines arrived",
+                accepted(&fake)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shipper.signal("TERM");
+        let (code, log) = shipper.wait(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{case}");
+        let stats = fake.admin("GET", "/stats", "");
+        let count = |name: &str| stats[name].as_u64().unwrap();
+        assert_eq!(
+            count("user_records_accepted"),
+            LINES as u64,
+            "{case}: {stats}"
+        );
+        assert_eq!(count("duplicate_user_records"), 0, "{case}: {stats}");
+        let calls = count("put_records_calls");
+        assert!(calls >= (LINES / 50) as u64, "{case}: {stats}");
+        let said = log
+            .iter()
+            .filter(|line| line.contains("sending JSON from now on"))
+            .count();
+        match (fake_args, shipper_args) {
+            ([], []) => {
+                assert_eq!(count("cbor_requests"), calls, "{case}: {stats}");
+                let accepted = log
+                    .iter()
+                    .filter(|line| line.contains("accepts PutRecords in CBOR"))
+                    .count();
+                assert_eq!(accepted, 1, "{case}: {log:#?}");
+                assert_eq!(count("invalid_requests"), 0, "{case}: {stats}");
+                assert_eq!(said, 0, "{case}");
+            }
+            (["--no-cbor"], []) => {
+                let refused = count("invalid_requests");
+                assert!(
+                    (1..=CONCURRENCY).contains(&refused),
+                    "{case}: {refused} CBOR calls refused: {stats}"
+                );
+                assert_eq!(said, 1, "{case}: {log:#?}");
+            }
+            _ => {
+                assert_eq!(count("cbor_requests"), 0, "{case}: {stats}");
+                assert_eq!(count("invalid_requests"), 0, "{case}: {stats}");
+                assert_eq!(said, 0, "{case}");
+            }
+        }
+    }
+}

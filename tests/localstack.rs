@@ -125,11 +125,22 @@ async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
     let mut reader = StreamReader::new(&client, &stream).await;
     reader.wait_for(200, ARRIVAL_TIMEOUT).await;
     first.signal("TERM");
-    let (code, _) = first.wait(EXIT_TIMEOUT);
+    let (code, log_lines) = first.wait(EXIT_TIMEOUT);
     assert_eq!(code, Some(0));
+    assert!(
+        log_lines
+            .iter()
+            .any(|line| line.contains("the endpoint accepts PutRecords in CBOR")),
+        "{log_lines:#?}"
+    );
 
+    // The first run sent PutRecords in CBOR (the default); the second sends JSON, so both
+    // protocols are read back here.
     append_lines(&log, 600, 1000);
-    let mut second = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &[]), &[]);
+    let mut second = Shipper::start(
+        &args(log_s, &stream, &endpoint, data_s, &["--no-cbor"]),
+        &[],
+    );
     second.wait_log("shipper started", Duration::from_secs(30));
     reader.wait_for(1000, ARRIVAL_TIMEOUT).await;
     second.signal("TERM");

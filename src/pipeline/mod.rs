@@ -120,7 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
                 stream: config.stream.clone(),
                 error: error.to_string(),
             })?;
-        let transport = SdkTransport::new(client, config.stream.clone());
+        let transport = SdkTransport::new(client, config.stream.clone(), config.cbor);
         let mut sink = Sink::new(
             transport.clone(),
             config.stream.clone(),

@@ -7,6 +7,7 @@
 //! refused permanently go to the dead-letter file, and are acknowledged only once written there.
 
 mod body;
+mod cbor;
 pub mod client;
 pub mod dead_letter;
 pub mod outage;

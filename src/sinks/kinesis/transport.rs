@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -18,8 +19,10 @@ use aws_sdk_kinesis::Client;
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 
-use super::body;
+use tracing::info;
+
 use super::error::{ErrorClass, SendError};
+use super::{body, cbor};
 use crate::record::Record;
 use crate::shard_map::ShardRange;
 
@@ -53,16 +56,112 @@ pub trait Transport: Send + Sync {
 pub struct SdkTransport {
     client: Client,
     stream: String,
+    /// Which body format PutRecords uses; shared by the clones.
+    protocol: Arc<Protocol>,
+}
+
+/// The PutRecords body format: CBOR until the endpoint shows it does not accept it, then JSON.
+#[derive(Debug)]
+struct Protocol {
+    state: AtomicU8,
+}
+
+const PROBING_CBOR: u8 = 0;
+const CBOR: u8 = 1;
+const JSON: u8 = 2;
+
+impl Protocol {
+    fn new(cbor: bool) -> Self {
+        Protocol {
+            state: AtomicU8::new(if cbor { PROBING_CBOR } else { JSON }),
+        }
+    }
+
+    fn get(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Leaves probing for `state`; false if another call already did.
+    fn settle(&self, state: u8) -> bool {
+        self.state
+            .compare_exchange(PROBING_CBOR, state, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 impl SdkTransport {
-    pub fn new(client: Client, stream: String) -> Self {
-        SdkTransport { client, stream }
+    /// PutRecords in CBOR when `cbor` (and the endpoint accepts it), else in JSON.
+    pub fn new(client: Client, stream: String, cbor: bool) -> Self {
+        SdkTransport {
+            client,
+            stream,
+            protocol: Arc::new(Protocol::new(cbor)),
+        }
     }
 
     fn is_arn(&self) -> bool {
         self.stream.starts_with("arn:")
     }
+
+    /// One PutRecords call with the body in CBOR or JSON, and how the endpoint answered.
+    async fn send(&self, records: &[Record], cbor: bool) -> Sent {
+        // The input carries no entries: the body is written from the records directly and put in
+        // place before signing, so the signature covers it. The input still names the stream,
+        // which endpoint resolution reads.
+        let (body, content_type) = if cbor {
+            (
+                cbor::put_records(&self.stream, self.is_arn(), records),
+                cbor::CONTENT_TYPE,
+            )
+        } else {
+            (
+                body::put_records(&self.stream, self.is_arn(), records),
+                JSON_CONTENT_TYPE,
+            )
+        };
+        let body = Bytes::from(body);
+        let request = self.client.put_records().set_records(Some(Vec::new()));
+        let request = if self.is_arn() {
+            request.stream_arn(&self.stream)
+        } else {
+            request.stream_name(&self.stream)
+        };
+        let request = request.customize().mutate_request(move |http| {
+            let headers = http.headers_mut();
+            headers.insert("content-length", body.len().to_string());
+            headers.insert("content-type", content_type);
+            *http.body_mut() = SdkBody::from(body.clone());
+        });
+        let answer = Arc::new(Mutex::new(Answer::default()));
+        let result = request
+            .interceptor(TakeAnswer {
+                answer: Arc::clone(&answer),
+            })
+            .send()
+            .await;
+        let answer = std::mem::take(&mut *lock(&answer));
+        let result = match result {
+            Err(error) => Err(SendError::from_sdk(&error)),
+            Ok(_) => match answer.body {
+                None => Err(malformed("no answer body".to_string())),
+                // A CBOR answer whose content type says otherwise still starts with a map head.
+                Some(body) if answer.cbor == Some(true) || (cbor && cbor::is_map(&body)) => {
+                    cbor::read_answer(&body, records)
+                }
+                Some(body) => read_answer(&body, records),
+            },
+        };
+        Sent {
+            result,
+            cbor_answer: answer.cbor,
+        }
+    }
+}
+
+/// The outcome of one call, and whether the endpoint answered in CBOR (`None`: no answer).
+struct Sent {
+    result: Result<Vec<EntryResult>, SendError>,
+    cbor_answer: Option<bool>,
 }
 
 impl Transport for SdkTransport {
@@ -71,39 +170,42 @@ impl Transport for SdkTransport {
     }
 
     async fn put_records(&self, records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
-        // The input carries no entries: the body is written from the records directly and put in
-        // place before signing, so the signature covers it. The input still names the stream,
-        // which endpoint resolution reads.
-        let body = Bytes::from(body::put_records(&self.stream, self.is_arn(), records));
-        let request = self.client.put_records().set_records(Some(Vec::new()));
-        let request = if self.is_arn() {
-            request.stream_arn(&self.stream)
-        } else {
-            request.stream_name(&self.stream)
-        };
-        let request = request.customize().mutate_request(move |http| {
-            http.headers_mut()
-                .insert("content-length", body.len().to_string());
-            *http.body_mut() = SdkBody::from(body.clone());
-        });
-        let answer = Arc::new(Mutex::new(None));
-        request
-            .interceptor(TakeAnswer {
-                answer: Arc::clone(&answer),
-            })
-            .send()
-            .await
-            .map_err(|error| SendError::from_sdk(&error))?;
-        let answer = answer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-            .ok_or_else(|| malformed("no answer body".to_string()))?;
-        read_answer(&answer, records)
+        let state = self.protocol.get();
+        let sent = self.send(records, state != JSON).await;
+        if state != PROBING_CBOR {
+            return sent.result;
+        }
+        match (&sent.result, sent.cbor_answer) {
+            // Answered in CBOR, or accepted: the endpoint speaks it.
+            (_, Some(true)) | (Ok(_), Some(false)) => {
+                if self.protocol.settle(CBOR) {
+                    info!("the endpoint accepts PutRecords in CBOR");
+                }
+                sent.result
+            }
+            // Refused with an answer in another format: the same records again, in JSON. Only
+            // if that succeeds is CBOR given up, so a proxy's error page during an outage does
+            // not turn it off.
+            (Err(refused), Some(false)) => {
+                let json = self.send(records, false).await;
+                if json.result.is_ok() && self.protocol.settle(JSON) {
+                    info!(
+                        refused = %refused,
+                        "the endpoint refused PutRecords in CBOR and accepted JSON; sending JSON from now on"
+                    );
+                }
+                json.result
+            }
+            // No answer (connection refused, timeout): nothing learned.
+            (_, None) => sent.result,
+        }
     }
 }
 
-fn malformed(message: String) -> SendError {
+/// The content type of the awsJson 1.1 protocol, the SDK's own for Kinesis.
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+pub(super) fn malformed(message: String) -> SendError {
     SendError {
         class: ErrorClass::Transient,
         code: "MalformedResponse".into(),
@@ -114,7 +216,7 @@ fn malformed(message: String) -> SendError {
 /// A successful PutRecords answer: one entry per record, in order. Only what the sink acts on is
 /// read; the sequence number and the rest are skipped without being copied.
 #[derive(Deserialize)]
-struct Answer<'a> {
+struct JsonAnswer<'a> {
     #[serde(rename = "Records", borrow)]
     records: Vec<AnswerEntry<'a>>,
 }
@@ -137,7 +239,7 @@ fn read_answer(body: &[u8], records: &[Record]) -> Result<Vec<EntryResult>, Send
 }
 
 fn parse_answer(body: &[u8], records: &[Record]) -> Result<Vec<EntryResult>, SendError> {
-    let answer: Answer<'_> = serde_json::from_slice(body)
+    let answer: JsonAnswer<'_> = serde_json::from_slice(body)
         .map_err(|error| malformed(format!("PutRecords answer: {error}")))?;
     if answer.records.len() != records.len() {
         return Err(malformed(format!(
@@ -192,7 +294,7 @@ fn read_all_delivered(body: &[u8], records: &[Record]) -> Option<Vec<EntryResult
 }
 
 /// A delivered entry: elsewhere when it landed on another shard than the record expected.
-fn delivered(record: &Record, shard_id: Option<&str>) -> EntryResult {
+pub(super) fn delivered(record: &Record, shard_id: Option<&str>) -> EntryResult {
     match (&record.shard, shard_id) {
         (Some(expected), Some(actual)) if **expected != *actual => {
             EntryResult::DeliveredElsewhere {
@@ -204,15 +306,24 @@ fn delivered(record: &Record, shard_id: Option<&str>) -> EntryResult {
 }
 
 /// What the SDK is given to parse in place of a successful answer: a valid PutRecords output with
-/// no entries, which costs nothing to parse. The real answer is read by `read_answer`, which
-/// borrows from it instead of allocating two strings per entry.
+/// no entries, which costs nothing to parse. The real answer is read by `read_answer` (or
+/// `cbor::read_answer`), which borrows from it instead of allocating two strings per entry.
 const EMPTY_ANSWER: &[u8] = br#"{"FailedRecordCount":0,"Records":[]}"#;
 
-/// Takes the body of a successful PutRecords answer before the SDK parses it. Error answers are
-/// left alone: the SDK reads their codes and messages as for any call.
+/// What the endpoint answered: the body of a successful answer, and whether the answer (any
+/// answer) was in CBOR.
+#[derive(Debug, Default)]
+struct Answer {
+    body: Option<Bytes>,
+    cbor: Option<bool>,
+}
+
+/// Takes the body of a successful PutRecords answer before the SDK parses it. An error answer in
+/// JSON is left alone: the SDK reads its code and message as for any call. One in CBOR is handed
+/// to the SDK rewritten as JSON.
 #[derive(Debug)]
 struct TakeAnswer {
-    answer: Arc<Mutex<Option<Bytes>>>,
+    answer: Arc<Mutex<Answer>>,
 }
 
 impl Intercept for TakeAnswer {
@@ -227,34 +338,60 @@ impl Intercept for TakeAnswer {
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let response = context.response_mut();
-        if !response.status().is_success() {
+        let cbor = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|value| value.starts_with(cbor::CONTENT_TYPE));
+        lock(&self.answer).cbor = Some(cbor);
+        let success = response.status().is_success();
+        if !success && !cbor {
             return Ok(());
         }
         let body = response.take_body();
-        response
-            .headers_mut()
-            .insert("content-length", EMPTY_ANSWER.len().to_string());
-        *response.body_mut() = SdkBody::from_body_1_x(Capture::new(body, Arc::clone(&self.answer)));
+        let headers = response.headers_mut();
+        let then = if success {
+            headers.insert("content-length", EMPTY_ANSWER.len().to_string());
+            Then::Keep(Arc::clone(&self.answer))
+        } else {
+            // The length of the rewritten error is known only once it is read.
+            headers.remove("content-length");
+            headers.insert("content-type", JSON_CONTENT_TYPE);
+            Then::ErrorAsJson
+        };
+        *response.body_mut() = SdkBody::from_body_1_x(Capture::new(body, then));
         Ok(())
     }
 }
 
-/// A response body that reads the real one to its end, keeps it in `answer`, and yields
-/// `EMPTY_ANSWER` instead.
+fn lock(answer: &Mutex<Answer>) -> std::sync::MutexGuard<'_, Answer> {
+    answer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a [`Capture`] does with the whole body.
+enum Then {
+    /// Keep it in the answer, and yield `EMPTY_ANSWER` to the SDK.
+    Keep(Arc<Mutex<Answer>>),
+    /// Yield it to the SDK as a JSON error (as it was, if it is not a CBOR error map).
+    ErrorAsJson,
+}
+
+/// A response body that reads the real one to its end, then yields what [`Then`] says.
 struct Capture {
     inner: SdkBody,
     /// The frames read so far, as the HTTP client gave them (no copy).
     parts: Vec<Bytes>,
-    answer: Arc<Mutex<Option<Bytes>>>,
+    then: Then,
     done: bool,
 }
 
 impl Capture {
-    fn new(inner: SdkBody, answer: Arc<Mutex<Option<Bytes>>>) -> Self {
+    fn new(inner: SdkBody, then: Then) -> Self {
         Capture {
             inner,
             parts: Vec::new(),
-            answer,
+            then,
             done: false,
         }
     }
@@ -298,11 +435,14 @@ impl http_body::Body for Capture {
                 None => {
                     this.done = true;
                     let body = Capture::joined(std::mem::take(&mut this.parts));
-                    *this
-                        .answer
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(body);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EMPTY_ANSWER)))));
+                    let yielded = match &this.then {
+                        Then::Keep(answer) => {
+                            lock(answer).body = Some(body);
+                            Bytes::from_static(EMPTY_ANSWER)
+                        }
+                        Then::ErrorAsJson => cbor::error_as_json(&body).map_or(body, Bytes::from),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(yielded))));
                 }
             }
         }
@@ -547,9 +687,16 @@ mod capture_tests {
 
     /// Reads a `Capture` over `frames` to its end: what the SDK is given, and the answer kept.
     fn capture(frames: &[Bytes]) -> (Vec<u8>, Bytes) {
-        let answer = Arc::new(Mutex::new(None));
+        let answer = Arc::new(Mutex::new(Answer::default()));
+        let given = read_to_end(frames, Then::Keep(Arc::clone(&answer)));
+        let kept = lock(&answer).body.take().expect("the answer is kept");
+        (given, kept)
+    }
+
+    /// What the SDK is given by a `Capture` over `frames`.
+    fn read_to_end(frames: &[Bytes], then: Then) -> Vec<u8> {
         let inner = SdkBody::from_body_1_x(Frames(frames.iter().cloned().collect()));
-        let mut capture = Capture::new(inner, Arc::clone(&answer));
+        let mut capture = Capture::new(inner, then);
         let mut given = Vec::new();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         loop {
@@ -561,8 +708,7 @@ mod capture_tests {
                 other => panic!("the body never pends or fails here: {other:?}"),
             }
         }
-        let kept = answer.lock().unwrap().take().expect("the answer is kept");
-        (given, kept)
+        given
     }
 
     #[test]
@@ -601,5 +747,35 @@ mod capture_tests {
         let (given, kept) = capture(&[]);
         assert_eq!(given, EMPTY_ANSWER);
         assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn an_error_in_cbor_reaches_the_sdk_as_json() {
+        // {"__type": "ResourceNotFoundException", "message": "gone"}, split across two frames.
+        let mut error = vec![0xa2, 0x66];
+        error.extend_from_slice(b"__type");
+        error.push(0x78);
+        error.push(25);
+        error.extend_from_slice(b"ResourceNotFoundException");
+        error.push(0x67);
+        error.extend_from_slice(b"message");
+        error.push(0x64);
+        error.extend_from_slice(b"gone");
+        let frames = [
+            Bytes::copy_from_slice(&error[..10]),
+            Bytes::copy_from_slice(&error[10..]),
+        ];
+        let given: serde_json::Value =
+            serde_json::from_slice(&read_to_end(&frames, Then::ErrorAsJson)).unwrap();
+        assert_eq!(
+            given,
+            serde_json::json!({"__type": "ResourceNotFoundException", "message": "gone"})
+        );
+        // Not CBOR after all (a proxy's page): passed on as it came.
+        let page = Bytes::from_static(b"<html>Bad Gateway</html>");
+        assert_eq!(
+            read_to_end(std::slice::from_ref(&page), Then::ErrorAsJson),
+            page
+        );
     }
 }
