@@ -486,7 +486,8 @@ fn assert_signed_by(stats: &serde_json::Value, source: &str, other: u64) {
     );
 }
 
-/// PutRecords goes in CBOR to an endpoint that speaks it, every call. An endpoint that speaks only
+/// PutRecords goes in CBOR to an endpoint that speaks it, every call, and the code and message
+/// of a failed call's CBOR error reach the sink. An endpoint that speaks only
 /// JSON refuses the first CBOR calls (one per request slot at most); the shipper sends those
 /// records again in JSON, says so once, and sends only JSON from then on. `--no-cbor` sends JSON
 /// from the start. Every line arrives each time.
@@ -504,6 +505,11 @@ fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
         let mut args = vec!["--stream", "logs", "--shards", "2", "--track-duplicates"];
         args.extend_from_slice(fake_args);
         let fake = FakeKinesis::start(&args);
+        let cbor_endpoint = fake_args.is_empty() && shipper_args.is_empty();
+        if cbor_endpoint {
+            // Some calls fail whole (HTTP 500): their CBOR errors must reach the sink as codes.
+            fake.admin("POST", "/faults", r#"{"fail_http": 0.2}"#);
+        }
         let log = dir.path().join("worker.log");
         append_lines(&log, 0, LINES);
         let (endpoint, data_dir) = (format!("http://{}", fake.addr), dir.path().join("data"));
@@ -559,6 +565,12 @@ fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
                     .filter(|line| line.contains("accepts PutRecords in CBOR"))
                     .count();
                 assert_eq!(accepted, 1, "{case}: {log:#?}");
+                assert!(count("http_5xx_injected") > 0, "{case}: {stats}");
+                assert!(
+                    log.iter()
+                        .any(|line| line.contains("InternalFailure: Internal service failure")),
+                    "{case}: the injected failures' code and message: {log:#?}"
+                );
                 assert_eq!(count("invalid_requests"), 0, "{case}: {stats}");
                 assert_eq!(said, 0, "{case}");
             }
