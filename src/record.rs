@@ -62,11 +62,20 @@ impl Arena {
         if data.len() > ARENA_RECORD_MAX_BYTES {
             return Bytes::from(std::mem::take(data));
         }
+        let taken = self.copy(data);
+        data.clear();
+        taken
+    }
+
+    /// The record data for a copy of `data`: in a block when it is small, else on its own.
+    pub fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > ARENA_RECORD_MAX_BYTES {
+            return Bytes::copy_from_slice(data);
+        }
         if self.block.capacity() - self.block.len() < data.len() {
             self.block = BytesMut::with_capacity(ARENA_BLOCK_BYTES);
         }
         self.block.extend_from_slice(data);
-        data.clear();
         self.block.split().freeze()
     }
 }

@@ -98,6 +98,13 @@ pub struct RecordFields {
     scan: json::Scan,
 }
 
+impl RecordFields {
+    /// No fields: what a raw record (which is not parsed) offers the partition key.
+    pub fn clear_scanned(&mut self) {
+        self.scan.values.iter_mut().for_each(String::clear);
+    }
+}
+
 /// Formats events; built once at startup and shared by every file.
 #[derive(Debug, Clone)]
 pub struct Formatter {
@@ -165,7 +172,7 @@ impl Formatter {
         let (start, end, split) = (event.start, event.end, event.split);
         let (payload, lossy_utf8, parse_error) = match self.format {
             Format::Raw => {
-                fields.scan.values.iter_mut().for_each(String::clear);
+                fields.clear_scanned();
                 match String::from_utf8(event.data) {
                     Ok(text) => (text.into_bytes(), false, false),
                     Err(error) => (

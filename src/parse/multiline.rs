@@ -225,6 +225,15 @@ impl Joiner {
         }
     }
 
+    /// Whether a whole line of `len` bytes would leave as one record of its own, unchanged: lines
+    /// are not joined, nothing is pending, and the line fits in a record. The caller may then
+    /// ship it without pushing it (the joiner's counts are then not kept for it).
+    pub fn passes_through(&self, len: usize) -> bool {
+        matches!(self.rule, StartRule::EveryLine)
+            && self.pending.is_none()
+            && len <= self.max_record_bytes
+    }
+
     /// Takes `buffer` (emptied) to build a coming record in, unless the joiner has one already:
     /// a caller done with an event's data gives it back, and the next line needs no allocation.
     pub fn offer(&mut self, buffer: &mut Vec<u8>) {

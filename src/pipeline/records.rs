@@ -116,6 +116,65 @@ impl RecordBuilder {
         }
     }
 
+    /// The common case, one record per line in raw format, on a short path: a whole UTF-8 line,
+    /// read right after the previous one of its file, goes from the read buffer straight into the
+    /// arena. The general path would make the same record (the joiner ships the line alone, the
+    /// raw formatter keeps valid UTF-8 as it is) after copying the line into an event first.
+    /// `false`: anything else (the first line of a file, a truncation, an empty, partial, split,
+    /// over-long or non-UTF-8 line, joining, another format), which takes the general path.
+    fn pass_through(&mut self, line: &Line<'_>) -> Result<bool, Closed> {
+        let max = match self.rules.compress {
+            Compression::None => self.rules.max_data_bytes,
+            _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
+        };
+        if line.kind != LineKind::Complete
+            || line.data.is_empty()
+            || line.data.len() > max
+            || self.rules.formatter.format_kind() != crate::parse::Format::Raw
+        {
+            return Ok(false);
+        }
+        let generation = line.file.generation();
+        let Some(state) = self.files.get_mut(&line.file.id()) else {
+            return Ok(false);
+        };
+        if !Arc::ptr_eq(&state.progress, line.file)
+            || state.generation != generation
+            || state.next_start != line.start
+            || !state.joiner.passes_through(line.data.len())
+            || std::str::from_utf8(line.data).is_err()
+        {
+            return Ok(false);
+        }
+        state.next_start = line.end;
+        // As the raw formatter does: a raw line has no fields for the key.
+        self.fields.clear_scanned();
+        let Key {
+            text: partition_key,
+            random: random_key,
+        } = {
+            let fields = self
+                .rules
+                .formatter
+                .key_fields(&state.context, &self.fields);
+            self.rules.template.render_key(&fields, &mut self.rng)
+        };
+        let ack = state
+            .progress
+            .token_in(generation, line.start, line.end)
+            .into();
+        let data = self.arena.copy(line.data);
+        self.add(Record {
+            data,
+            partition_key,
+            ack,
+            shard: None,
+            user_records: 1,
+            random_key,
+        })?;
+        Ok(true)
+    }
+
     fn state(&mut self, line: &Line<'_>) -> &mut FileState {
         let joiner = &self.rules.joiner;
         let state = self
@@ -308,6 +367,9 @@ impl LineSink for RecordBuilder {
             LineKind::Fragment => Metrics::add(&self.metrics.records_split_total, 1),
             LineKind::Complete | LineKind::Partial => {}
         }
+        if self.pass_through(&line)? {
+            return Ok(());
+        }
         let id = line.file.id();
         let generation = line.file.generation();
         let mut events = std::mem::take(&mut self.events);
@@ -406,6 +468,107 @@ fn split_at_char_boundaries(data: &[u8], max: usize) -> Vec<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::{FileId, Fingerprint};
+    use crate::parse::multiline::Multiline;
+    use crate::parse::{Enrichment, Format, Kubernetes, TimeZone};
+    use proptest::prelude::*;
+
+    /// Every record a builder makes of `lines` (one file, read in one go, then finished): data,
+    /// key and acknowledged range, in order.
+    fn records(
+        lines: &[(Vec<u8>, LineKind)],
+        multiline: Multiline,
+        compress: Compression,
+    ) -> Vec<(Vec<u8>, String, (u64, u64))> {
+        let template = Template::parse("{file}-x").expect("a template");
+        let formatter = Formatter::new(
+            Format::Raw,
+            TimeZone::UTC,
+            Enrichment::new(None, Kubernetes::default(), Vec::new()),
+            &template.field_names(),
+        );
+        let rules = RecordRules {
+            formatter,
+            template,
+            joiner: JoinerConfig {
+                multiline,
+                flush_timeout: std::time::Duration::from_secs(5),
+                max_record_bytes: 600,
+            },
+            max_data_bytes: 700,
+            compress,
+        };
+        let (tx, mut rx) = mpsc::channel(10_000);
+        let mut builder = RecordBuilder::new(tx, rules, Arc::new(Metrics::default()));
+        let file = FileProgress::new(
+            FileId { dev: 1, ino: 2 },
+            "/var/log/w.log".into(),
+            Fingerprint::default(),
+            0,
+        );
+        let path = std::path::Path::new("/var/log/w.log");
+        let mut at = 0;
+        for (data, kind) in lines {
+            let end = at + data.len() as u64 + u64::from(*kind == LineKind::Complete);
+            builder
+                .line(Line {
+                    file: &file,
+                    path,
+                    data,
+                    start: at,
+                    end,
+                    kind: *kind,
+                    read_at: Instant::now(),
+                })
+                .expect("open");
+            at = end;
+        }
+        builder.finish().expect("open");
+        drop(builder);
+        let mut out = Vec::new();
+        while let Ok(chunk) = rx.try_recv() {
+            for record in chunk {
+                let range = record.ack.first().expect("a token").range();
+                out.push((
+                    record.data.to_vec(),
+                    record.partition_key.to_string(),
+                    range,
+                ));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// The short path for one raw line per record makes the records the general path makes:
+        /// the same bytes, keys and ranges, whatever the mix of empty, partial, over-long and
+        /// non-UTF-8 lines. (A start pattern that every line matches takes the general path.)
+        #[test]
+        fn the_short_path_makes_the_records_the_general_path_makes(
+            lines in prop::collection::vec(
+                (
+                    prop_oneof![
+                        "[a-z é]{0,40}".prop_map(String::into_bytes),
+                        prop::collection::vec(any::<u8>(), 0..40),
+                        "[a-z]{590,720}".prop_map(String::into_bytes),
+                    ],
+                    prop_oneof![
+                        8 => Just(LineKind::Complete),
+                        1 => Just(LineKind::Partial),
+                    ],
+                ),
+                1..40,
+            ),
+            gzip in any::<bool>(),
+        ) {
+            let compress = if gzip { Compression::Gzip } else { Compression::None };
+            let every_line = Multiline::Regex(regex::bytes::Regex::new("").expect("a regex"));
+            prop_assert_eq!(
+                records(&lines, Multiline::None, compress),
+                records(&lines, every_line, compress)
+            );
+        }
+    }
 
     #[test]
     fn split_keeps_characters_whole() {
