@@ -144,10 +144,8 @@ impl SdkTransport {
             Err(error) => Err(SendError::from_sdk(&error)),
             Ok(_) => match answer.body {
                 None => Err(malformed("no answer body".to_string())),
-                // A CBOR answer whose content type says otherwise still starts with a map head.
-                Some(body) if answer.cbor == Some(true) || (cbor && cbor::is_map(&body)) => {
-                    cbor::read_answer(&body, records)
-                }
+                // Told apart by the body, whatever the content type says.
+                Some(body) if answer.cbor == Some(true) => cbor::read_answer(&body, records),
                 Some(body) => read_answer(&body, records),
             },
         };
@@ -342,7 +340,8 @@ impl Intercept for TakeAnswer {
             .headers()
             .get("content-type")
             .is_some_and(|value| value.starts_with(cbor::CONTENT_TYPE));
-        lock(&self.answer).cbor = Some(cbor);
+        // An answer, not (yet) known to be CBOR: the body tells, once read.
+        lock(&self.answer).cbor = Some(false);
         let success = response.status().is_success();
         if !success && !cbor {
             return Ok(());
@@ -356,7 +355,7 @@ impl Intercept for TakeAnswer {
             // The length of the rewritten error is known only once it is read.
             headers.remove("content-length");
             headers.insert("content-type", JSON_CONTENT_TYPE);
-            Then::ErrorAsJson
+            Then::ErrorAsJson(Arc::clone(&self.answer))
         };
         *response.body_mut() = SdkBody::from_body_1_x(Capture::new(body, then));
         Ok(())
@@ -369,12 +368,13 @@ fn lock(answer: &Mutex<Answer>) -> std::sync::MutexGuard<'_, Answer> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a [`Capture`] does with the whole body.
+/// What a [`Capture`] does with the whole body, and notes in the answer (whether it was CBOR:
+/// the body says, whatever the content type claimed).
 enum Then {
     /// Keep it in the answer, and yield `EMPTY_ANSWER` to the SDK.
     Keep(Arc<Mutex<Answer>>),
     /// Yield it to the SDK as a JSON error (as it was, if it is not a CBOR error map).
-    ErrorAsJson,
+    ErrorAsJson(Arc<Mutex<Answer>>),
 }
 
 /// A response body that reads the real one to its end, then yields what [`Then`] says.
@@ -437,10 +437,18 @@ impl http_body::Body for Capture {
                     let body = Capture::joined(std::mem::take(&mut this.parts));
                     let yielded = match &this.then {
                         Then::Keep(answer) => {
-                            lock(answer).body = Some(body);
+                            let mut answer = lock(answer);
+                            answer.cbor = Some(cbor::is_map(&body));
+                            answer.body = Some(body);
                             Bytes::from_static(EMPTY_ANSWER)
                         }
-                        Then::ErrorAsJson => cbor::error_as_json(&body).map_or(body, Bytes::from),
+                        Then::ErrorAsJson(answer) => match cbor::error_as_json(&body) {
+                            Some(json) => {
+                                lock(answer).cbor = Some(true);
+                                Bytes::from(json)
+                            }
+                            None => body,
+                        },
                     };
                     return Poll::Ready(Some(Ok(Frame::data(yielded))));
                 }
@@ -743,6 +751,22 @@ mod capture_tests {
     }
 
     #[test]
+    fn a_kept_answer_is_told_cbor_by_its_body() {
+        for (body, cbor) in [
+            (&br#"{"FailedRecordCount":0,"Records":[]}"#[..], false),
+            (
+                &[0xa1, 0x67, b'R', b'e', b'c', b'o', b'r', b'd', b's', 0x80][..],
+                true,
+            ),
+        ] {
+            let answer = Arc::new(Mutex::new(Answer::default()));
+            let body = Bytes::from_static(body);
+            read_to_end(std::slice::from_ref(&body), Then::Keep(Arc::clone(&answer)));
+            assert_eq!(lock(&answer).cbor, Some(cbor), "{body:?}");
+        }
+    }
+
+    #[test]
     fn an_empty_answer_is_kept_empty() {
         let (given, kept) = capture(&[]);
         assert_eq!(given, EMPTY_ANSWER);
@@ -765,17 +789,28 @@ mod capture_tests {
             Bytes::copy_from_slice(&error[..10]),
             Bytes::copy_from_slice(&error[10..]),
         ];
-        let given: serde_json::Value =
-            serde_json::from_slice(&read_to_end(&frames, Then::ErrorAsJson)).unwrap();
+        let answer = Arc::new(Mutex::new(Answer::default()));
+        let given = read_to_end(&frames, Then::ErrorAsJson(Arc::clone(&answer)));
+        let given: serde_json::Value = serde_json::from_slice(&given).unwrap();
         assert_eq!(
             given,
             serde_json::json!({"__type": "ResourceNotFoundException", "message": "gone"})
         );
-        // Not CBOR after all (a proxy's page): passed on as it came.
-        let page = Bytes::from_static(b"<html>Bad Gateway</html>");
-        assert_eq!(
-            read_to_end(std::slice::from_ref(&page), Then::ErrorAsJson),
-            page
-        );
+        assert_eq!(lock(&answer).cbor, Some(true));
+        // Not CBOR after all, whatever the content type said (a proxy's page, a JSON error):
+        // passed on as it came, and not taken as a CBOR answer.
+        for other in [
+            &b"<html>Bad Gateway</html>"[..],
+            br#"{"__type":"SerializationException"}"#,
+        ] {
+            let answer = Arc::new(Mutex::new(Answer::default()));
+            let body = Bytes::from_static(other);
+            let given = read_to_end(
+                std::slice::from_ref(&body),
+                Then::ErrorAsJson(Arc::clone(&answer)),
+            );
+            assert_eq!(given, body);
+            assert_eq!(lock(&answer).cbor, None);
+        }
     }
 }
