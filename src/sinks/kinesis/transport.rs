@@ -175,16 +175,17 @@ impl Transport for SdkTransport {
         }
         match (&sent.result, sent.cbor_answer) {
             // Answered in CBOR, or accepted: the endpoint speaks it.
-            (_, Some(true)) | (Ok(_), Some(false)) => {
+            (_, Some(true)) | (Ok(_), _) => {
                 if self.protocol.settle(CBOR) {
                     info!("the endpoint accepts PutRecords in CBOR");
                 }
                 sent.result
             }
-            // Refused with an answer in another format: the same records again, in JSON. Only
-            // if that succeeds is CBOR given up, so a proxy's error page during an outage does
-            // not turn it off.
-            (Err(refused), Some(false)) => {
+            // Refused with an answer in another format, or not answered (an endpoint may drop a
+            // connection whose body it cannot parse): the same records again, in JSON. Only if
+            // that succeeds is CBOR given up, so an outage (or a proxy's error page during one)
+            // does not turn it off.
+            (Err(refused), _) => {
                 let json = self.send(records, false).await;
                 if json.result.is_ok() && self.protocol.settle(JSON) {
                     info!(
@@ -194,8 +195,6 @@ impl Transport for SdkTransport {
                 }
                 json.result
             }
-            // No answer (connection refused, timeout): nothing learned.
-            (_, None) => sent.result,
         }
     }
 }
