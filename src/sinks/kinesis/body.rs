@@ -90,24 +90,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::ack::{FileId, FileProgress, Fingerprint};
-
-    fn record(data: Vec<u8>, key: &str) -> Record {
-        let progress = FileProgress::new(
-            FileId { dev: 0, ino: 0 },
-            "/t".into(),
-            Fingerprint::default(),
-            0,
-        );
-        Record {
-            data: data.into(),
-            partition_key: key.into(),
-            ack: progress.token(0, 1).into(),
-            shard: None,
-            user_records: 1,
-            random_key: false,
-        }
-    }
+    use crate::sinks::kinesis::test_record;
 
     fn parse(body: &[u8]) -> Value {
         serde_json::from_slice(body).expect("the body is JSON")
@@ -115,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_body_names_the_stream_by_name_or_by_arn() {
-        let records = [record(b"hello".to_vec(), "k")];
+        let records = [test_record(b"hello".to_vec(), "k", None)];
         let by_name = parse(&put_records("logs", false, &records));
         assert_eq!(by_name["StreamName"], "logs");
         assert!(by_name.get("StreamARN").is_none());
@@ -137,7 +120,7 @@ mod tests {
             ),
             stream in "[a-zA-Z0-9_.-]{1,20}",
         ) {
-            let records: Vec<Record> = entries.iter().map(|(data, key)| record(data.clone(), key)).collect();
+            let records: Vec<Record> = entries.iter().map(|(data, key)| test_record(data.clone(), key, None)).collect();
             let body = put_records(&stream, false, &records);
             let parsed = parse(&body);
             prop_assert_eq!(parsed["StreamName"].as_str(), Some(stream.as_str()));

@@ -362,31 +362,11 @@ impl<'b> Reader<'b> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
     use ciborium::Value;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::ack::{FileId, FileProgress, Fingerprint};
-
-    fn record(data: Vec<u8>, key: &str, shard: Option<&str>) -> Record {
-        let progress = FileProgress::new(
-            FileId { dev: 0, ino: 0 },
-            "/t".into(),
-            Fingerprint::default(),
-            0,
-        );
-        Record {
-            data: Bytes::from(data),
-            partition_key: key.into(),
-            ack: progress.token(0, 1).into(),
-            shard: shard.map(Arc::from),
-            user_records: 1,
-            random_key: false,
-        }
-    }
+    use crate::sinks::kinesis::test_record as record;
 
     fn decode(body: &[u8]) -> Value {
         ciborium::from_reader(body).expect("the body is CBOR")

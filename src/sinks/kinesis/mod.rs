@@ -22,6 +22,27 @@ mod pacing_tests;
 #[cfg(test)]
 mod tests;
 
+/// A record for the body and answer tests: its data, key and expected shard, acknowledging a
+/// range of a file that is never read.
+#[cfg(test)]
+fn test_record(data: Vec<u8>, key: &str, shard: Option<&str>) -> Record {
+    use crate::ack::{FileId, FileProgress, Fingerprint};
+    let progress = FileProgress::new(
+        FileId { dev: 0, ino: 0 },
+        "/t".into(),
+        Fingerprint::default(),
+        0,
+    );
+    Record {
+        data: data.into(),
+        partition_key: key.into(),
+        ack: progress.token(0, 1).into(),
+        shard: shard.map(Arc::from),
+        user_records: 1,
+        random_key: false,
+    }
+}
+
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -538,23 +538,10 @@ pub async fn check_stream(client: &Client, stream: &str) -> Result<(), SendError
 #[cfg(test)]
 mod answer_tests {
     use super::*;
-    use crate::ack::{FileId, FileProgress, Fingerprint};
+    use crate::sinks::kinesis::test_record;
 
     fn record(shard: Option<&str>) -> Record {
-        let progress = FileProgress::new(
-            FileId { dev: 0, ino: 0 },
-            "/t".into(),
-            Fingerprint::default(),
-            0,
-        );
-        Record {
-            data: Bytes::from_static(b"x"),
-            partition_key: "k".into(),
-            ack: progress.token(0, 1).into(),
-            shard: shard.map(Arc::from),
-            user_records: 1,
-            random_key: false,
-        }
+        test_record(b"x".to_vec(), "k", shard)
     }
 
     #[test]
