@@ -35,6 +35,17 @@ pub struct RecordRules {
     pub compress: Compression,
 }
 
+impl RecordRules {
+    /// Most bytes of one record's data before compression: the record limit, less room for
+    /// compression framing when records are compressed.
+    fn max_payload_bytes(&self) -> usize {
+        match self.compress {
+            Compression::None => self.max_data_bytes,
+            _ => self.max_data_bytes - COMPRESSION_SLACK_BYTES,
+        }
+    }
+}
+
 /// A line's buffer larger than this is not kept for the next line.
 const SPARE_MAX_BYTES: usize = 64 * 1024;
 
@@ -123,10 +134,7 @@ impl RecordBuilder {
     /// `false`: anything else (the first line of a file, a truncation, an empty, partial, split,
     /// over-long or non-UTF-8 line, joining, another format), which takes the general path.
     fn pass_through(&mut self, line: &Line<'_>) -> Result<bool, Closed> {
-        let max = match self.rules.compress {
-            Compression::None => self.rules.max_data_bytes,
-            _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
-        };
+        let max = self.rules.max_payload_bytes();
         if line.kind != LineKind::Complete
             || line.data.is_empty()
             || line.data.len() > max
@@ -258,10 +266,7 @@ impl RecordBuilder {
             text: partition_key,
             random: random_key,
         } = key;
-        let max = match self.rules.compress {
-            Compression::None => self.rules.max_data_bytes,
-            _ => self.rules.max_data_bytes - COMPRESSION_SLACK_BYTES,
-        };
+        let max = self.rules.max_payload_bytes();
         if payload.len() <= max {
             let data = self.arena.take(&mut payload);
             // Emptied, with its capacity: the next line is read into it.
