@@ -17,7 +17,7 @@ use shipper::shard_map::{ShardMap, ShardRange};
 use std::time::{Duration, Instant};
 
 use common::fake::FakeKinesis;
-use common::{Shipper, append_lines};
+use common::{Shipper, append_lines, tail_args};
 
 fn entry(key: &str, data: &[u8]) -> PutRecordsRequestEntry {
     PutRecordsRequestEntry::builder()
@@ -340,16 +340,13 @@ fn the_shipper_ships_over_https_and_checks_the_certificate() {
     append_lines(&log, 0, 1000);
     let run = |data: &str, env: &[(&str, &str)]| {
         let data_dir = dir.path().join(data);
-        let args = [
-            "tail",
+        let args = tail_args(
             log.to_str().unwrap(),
-            "--stream",
             "logs",
-            "--endpoint-url",
             &endpoint,
-            "--data-dir",
             data_dir.to_str().unwrap(),
-        ];
+            &[],
+        );
         Shipper::start(&args, env)
     };
 
@@ -395,16 +392,13 @@ fn ship_without_keys(
     append_lines(&log, 0, 100);
     let (data_dir, none) = (dir.join("data"), dir.join("no-such-file"));
     let endpoint = format!("http://{}", fake.addr);
-    let args = [
-        "tail",
+    let args = tail_args(
         log.to_str().unwrap(),
-        "--stream",
         "logs",
-        "--endpoint-url",
         &endpoint,
-        "--data-dir",
         data_dir.to_str().unwrap(),
-    ];
+        &[],
+    );
     let mut env = env.to_vec();
     env.push(("AWS_CONFIG_FILE", none.to_str().unwrap()));
     env.push(("AWS_SHARED_CREDENTIALS_FILE", none.to_str().unwrap()));
@@ -514,20 +508,13 @@ fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
         append_lines(&log, 0, LINES);
         let (endpoint, data_dir) = (format!("http://{}", fake.addr), dir.path().join("data"));
         // Small requests, so that there are many of them after the first.
-        let mut args = vec![
-            "tail",
+        let mut args = tail_args(
             log.to_str().unwrap(),
-            "--stream",
             "logs",
-            "--endpoint-url",
             &endpoint,
-            "--data-dir",
             data_dir.to_str().unwrap(),
-            "--max-batch-records",
-            "50",
-            "--concurrency",
-            "4",
-        ];
+            &["--max-batch-records", "50", "--concurrency", "4"],
+        );
         args.extend_from_slice(shipper_args);
         let mut shipper = Shipper::start(&args, &[]);
         shipper.wait_log("shipper started", Duration::from_secs(30));

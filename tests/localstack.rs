@@ -11,27 +11,6 @@ use common::*;
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
 
-fn args<'a>(
-    path: &'a str,
-    stream: &'a str,
-    endpoint: &'a str,
-    data_dir: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "tail",
-        path,
-        "--stream",
-        stream,
-        "--endpoint-url",
-        endpoint,
-        "--data-dir",
-        data_dir,
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 fn count(numbers: &[usize]) -> BTreeMap<usize, usize> {
     let mut counts = BTreeMap::new();
     for n in numbers {
@@ -65,7 +44,7 @@ async fn ships_every_line_in_file_order_per_shard_and_stops_cleanly() {
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
 
     let mut shipper = Shipper::start(
-        &args(log_s, &stream, &endpoint, data_s, &["--concurrency", "1"]),
+        &tail_args(log_s, &stream, &endpoint, data_s, &["--concurrency", "1"]),
         &[],
     );
     shipper.wait_log("shipper started", Duration::from_secs(30));
@@ -120,7 +99,7 @@ async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     append_lines(&log, 0, 600);
 
-    let mut first = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &[]), &[]);
+    let mut first = Shipper::start(&tail_args(log_s, &stream, &endpoint, data_s, &[]), &[]);
     first.wait_log("shipper started", Duration::from_secs(30));
     let mut reader = StreamReader::new(&client, &stream).await;
     reader.wait_for(200, ARRIVAL_TIMEOUT).await;
@@ -138,7 +117,7 @@ async fn restart_resumes_at_the_checkpoint_without_loss_or_duplicates() {
     // protocols are read back here.
     append_lines(&log, 600, 1000);
     let mut second = Shipper::start(
-        &args(log_s, &stream, &endpoint, data_s, &["--no-cbor"]),
+        &tail_args(log_s, &stream, &endpoint, data_s, &["--no-cbor"]),
         &[],
     );
     second.wait_log("shipper started", Duration::from_secs(30));
@@ -173,7 +152,7 @@ async fn rotation_while_writing_loses_nothing() {
     );
     append_lines(&log, 0, 1);
 
-    let mut shipper = Shipper::start(&args(&log_s, &stream, &endpoint, &data_s, &[]), &[]);
+    let mut shipper = Shipper::start(&tail_args(&log_s, &stream, &endpoint, &data_s, &[]), &[]);
     shipper.wait_log("shipper started", Duration::from_secs(30));
     // Rename rotation every 150 lines, keeping one rotated file, as logrotate or Python's
     // RotatingFileHandler do; the rotated name is not matched by the shipper's path.
@@ -232,7 +211,7 @@ async fn half_the_calls_throttled_still_delivers_everything() {
     append_lines(&log, 0, 400);
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     let mut shipper = Shipper::start(
-        &args(
+        &tail_args(
             log_s,
             &stream,
             &endpoint,
@@ -277,7 +256,7 @@ async fn missing_stream_is_a_clear_error() {
     append_lines(&log, 0, 3);
     let data_dir = dir.path().join("data");
     let shipper = Shipper::start(
-        &args(
+        &tail_args(
             log.to_str().unwrap(),
             "no-such-stream",
             &endpoint,
@@ -306,7 +285,7 @@ async fn sigkill_while_shipping_then_restart_loses_nothing() {
     append_lines(&log, 0, 1500);
 
     let mut first = Shipper::start(
-        &args(
+        &tail_args(
             log_s,
             &stream,
             &endpoint,
@@ -323,7 +302,7 @@ async fn sigkill_while_shipping_then_restart_loses_nothing() {
     assert_eq!(code, None, "killed by a signal");
     append_lines(&log, 1500, 1600);
 
-    let mut second = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &[]), &[]);
+    let mut second = Shipper::start(&tail_args(log_s, &stream, &endpoint, data_s, &[]), &[]);
     second.wait_log("shipper started", Duration::from_secs(30));
     reader.wait_for(1600, ARRIVAL_TIMEOUT).await;
     second.signal("TERM");
@@ -356,7 +335,7 @@ async fn metrics_count_what_was_shipped_and_readiness_follows_the_data_dir() {
     let addr = format!("127.0.0.1:{port}");
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     let mut shipper = Shipper::start(
-        &args(
+        &tail_args(
             log_s,
             &stream,
             &endpoint,
@@ -427,7 +406,7 @@ async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback(
     std::fs::write(&log, &fixture[..cut]).unwrap();
     let (log_s, data_s) = (log.to_str().unwrap(), data_dir.to_str().unwrap());
     let extra = ["--format", "celery"];
-    let mut first = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    let mut first = Shipper::start(&tail_args(log_s, &stream, &endpoint, data_s, &extra), &[]);
     first.wait_log("shipper started", Duration::from_secs(30));
     let mut reader = StreamReader::new(&client, &stream).await;
     let records_before_cut = lines[..cut_line].iter().filter(|l| prefixed(l)).count();
@@ -440,7 +419,7 @@ async fn celery_fixture_arrives_as_whole_records_across_a_restart_mid_traceback(
 
     let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
     std::io::Write::write_all(&mut file, &fixture[cut..]).unwrap();
-    let mut second = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    let mut second = Shipper::start(&tail_args(log_s, &stream, &endpoint, data_s, &extra), &[]);
     second.wait_log("shipper started", Duration::from_secs(30));
     // One more record than the file has prefixed lines: the traceback's rest, after the restart.
     reader.wait_for(expected_records + 1, ARRIVAL_TIMEOUT).await;
@@ -505,7 +484,7 @@ async fn aggregated_and_compressed_records_arrive_whole_and_shard_aligned() {
         "--partition-key",
         "{random}",
     ];
-    let mut shipper = Shipper::start(&args(log_s, &stream, &endpoint, data_s, &extra), &[]);
+    let mut shipper = Shipper::start(&tail_args(log_s, &stream, &endpoint, data_s, &extra), &[]);
     shipper.wait_log("shipper started", Duration::from_secs(30));
 
     let listed = client

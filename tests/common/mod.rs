@@ -379,6 +379,28 @@ impl Shipper {
 }
 
 /// Append numbered lines `from..to` to `path`: "line-000042 <payload>".
+/// `shipper tail PATH --stream STREAM --endpoint-url ENDPOINT --data-dir DATA_DIR`, then `extra`.
+pub fn tail_args<'a>(
+    path: &'a str,
+    stream: &'a str,
+    endpoint: &'a str,
+    data_dir: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "tail",
+        path,
+        "--stream",
+        stream,
+        "--endpoint-url",
+        endpoint,
+        "--data-dir",
+        data_dir,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn append_lines(path: &Path, from: usize, to: usize) {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
