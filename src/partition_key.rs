@@ -164,6 +164,32 @@ impl Template {
         self.render_key(fields, rng).text.into_string()
     }
 
+    /// The key a record needs now, or, when it would be made of randomness alone, an empty key
+    /// marked random: any random key serves such a record, and the packer draws one only for the
+    /// records that need their own ([`KeyRng::key`]). Inside an aggregate they share one.
+    pub fn deferred_key(&self, fields: &impl Fields, rng: &mut KeyRng) -> Key {
+        if self.chooses(fields) {
+            self.render_key(fields, rng)
+        } else {
+            Key {
+                text: CompactString::default(),
+                random: true,
+            }
+        }
+    }
+
+    /// Whether the key for these fields holds anything chosen: a literal, or a placeholder's value
+    /// found before its alternatives reach `random`. What `render_key` reports as not random.
+    fn chooses(&self, fields: &impl Fields) -> bool {
+        self.parts.iter().any(|part| match part {
+            Part::Literal(text) => !text.is_empty(),
+            Part::Choice(vars) => vars
+                .iter()
+                .take_while(|var| **var != Var::Random)
+                .any(|var| var.value(fields).is_some_and(|v| !v.is_empty())),
+        })
+    }
+
     /// Renders the key, and tells whether it is random and nothing else.
     pub fn render_key(&self, fields: &impl Fields, rng: &mut KeyRng) -> Key {
         // Inline while it fits 24 bytes, as a `{random}` key does.
@@ -177,19 +203,11 @@ impl Template {
                 }
                 Part::Choice(vars) => {
                     for var in vars {
-                        let value = match var {
-                            Var::Random => {
-                                rng.push_key(&mut key);
-                                break;
-                            }
-                            Var::TaskId => fields.task_id(),
-                            Var::TaskName => fields.task_name(),
-                            Var::Host => fields.host(),
-                            Var::Pod => fields.pod(),
-                            Var::File => fields.file(),
-                            Var::Field(name) => fields.field(name),
-                        };
-                        if let Some(value) = value.filter(|v| !v.is_empty()) {
+                        if *var == Var::Random {
+                            rng.push_key(&mut key);
+                            break;
+                        }
+                        if let Some(value) = var.value(fields).filter(|v| !v.is_empty()) {
                             chosen = true;
                             key.push_str(value);
                             break;
@@ -210,6 +228,21 @@ impl Template {
         Key {
             text: key,
             random: !chosen,
+        }
+    }
+}
+
+impl Var {
+    /// The field's value; `None` for `random`, which is no field.
+    fn value<'f>(&self, fields: &'f impl Fields) -> Option<&'f str> {
+        match self {
+            Var::Random => None,
+            Var::TaskId => fields.task_id(),
+            Var::TaskName => fields.task_name(),
+            Var::Host => fields.host(),
+            Var::Pod => fields.pod(),
+            Var::File => fields.file(),
+            Var::Field(name) => fields.field(name),
         }
     }
 }
@@ -278,6 +311,13 @@ impl KeyRng {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+
+    /// A key of randomness alone: 16 hex digits, as `{random}` renders.
+    pub fn key(&mut self) -> CompactString {
+        let mut key = CompactString::default();
+        self.push_key(&mut key);
+        key
     }
 
     /// Appends 16 hex digits of randomness. Once per record: the digits are written into a
@@ -415,6 +455,42 @@ mod tests {
         assert!(!random("{task_id|random}", &with_task));
         assert!(!random("x-{random}", &no_task), "a literal is a choice");
         assert!(!random("{random}-{task_id}", &with_task));
+    }
+
+    #[test]
+    fn a_deferred_key_is_left_empty_only_when_it_would_be_random_alone() {
+        let with_task = Record {
+            task_id: Some("57f0"),
+            fields: vec![("empty", "")],
+            ..Record::default()
+        };
+        let no_task = Record::default();
+        let templates = [
+            "{task_id|random}",
+            "{random}",
+            "{random}{random}",
+            "{task_id}{field.nope}",
+            "{field.empty|random}",
+            "{field.empty|task_id|random}",
+            "x-{random}",
+            "{random}-{task_id}",
+            "{random|task_id}",
+            "{host}",
+        ];
+        for template in templates {
+            let template = Template::parse(template).unwrap();
+            for record in [&with_task, &no_task] {
+                let rendered = template.render_key(record, &mut KeyRng::from_seed(3));
+                let deferred = template.deferred_key(record, &mut KeyRng::from_seed(3));
+                if rendered.random {
+                    assert_eq!(deferred.text, "", "{template}");
+                    assert!(deferred.random, "{template}");
+                } else {
+                    assert_eq!(deferred, rendered, "{template}");
+                }
+            }
+        }
+        assert!(is_random_key(&KeyRng::from_seed(3).key()));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! An aggregate only ever holds user records whose keys, as packed, hash to one shard of the current
 //! map: the KCL drops user records outside the shard an aggregate arrived on. Random-keyed records
 //! are packed under the aggregate's shared random key, which hashes there, whatever their own key.
+//! Such records come from the record builder with no key at all: one is drawn here only for a
+//! record that goes alone or opens an aggregate's shared key.
 //! When the map changes, the open aggregates are closed and sent.
 //!
 //! A closed aggregate waits for others before its MD5 trailer is written: on a CPU that hashes
@@ -22,6 +24,7 @@ use crate::aggregate::{Aggregator, Finished, Framed, PushError};
 use crate::batch::Stage;
 use crate::compress::Compression;
 use crate::md5_lanes;
+use crate::partition_key::KeyRng;
 use crate::record::Record;
 use crate::shard_map::{ShardMap, SharedShardMap};
 
@@ -92,6 +95,9 @@ pub struct Packer {
     unsealed: Vec<Unsealed>,
     /// How many aggregates one MD5 pass seals on this CPU.
     lanes: usize,
+    /// Draws the keys of random-keyed records that come without one and do not join an aggregate's
+    /// shared key.
+    rng: KeyRng,
 }
 
 impl Packer {
@@ -111,6 +117,7 @@ impl Packer {
             random_shard: None,
             unsealed: Vec::new(),
             lanes: md5_lanes::lanes(),
+            rng: KeyRng::new(),
         }
     }
 
@@ -265,6 +272,10 @@ impl Stage for Packer {
         } else {
             record
         };
+        if record.partition_key.is_empty() {
+            // Its key was left to be drawn where it is needed: here.
+            record.partition_key = self.rng.key();
+        }
         let index = self
             .map
             .as_ref()
@@ -478,10 +489,38 @@ mod tests {
     }
 
     #[test]
+    fn a_record_left_without_a_key_gets_a_random_one_of_its_own() {
+        for aggregate in [false, true] {
+            let progress = progress();
+            // Aggregates that hold one record each: every record goes alone, under its own key.
+            let mut packer = packer(aggregate, Compression::None, 4, 32);
+            let mut out = Vec::new();
+            packer.begin(&mut out);
+            for mut record in records(&progress, 200) {
+                record.partition_key = Default::default();
+                record.random_key = true;
+                packer.push(record, &mut out);
+            }
+            packer.drain(&mut out);
+            assert_eq!(out.len(), 200, "aggregate: {aggregate}");
+            let keys: HashSet<_> = out.iter().map(|r| r.partition_key.clone()).collect();
+            assert_eq!(keys.len(), 200, "every record has its own key");
+            assert!(keys.iter().all(|key| key.len() == 16));
+            let shards: HashSet<_> = out.iter().map(|r| r.shard.clone().unwrap()).collect();
+            assert_eq!(shards.len(), 4, "they spread over the shards");
+        }
+    }
+
+    #[test]
     fn random_keyed_records_share_one_key_per_aggregate() {
         // Large aggregates: every random-keyed record joins the first one that has a random key.
         // Small ones: they fill one aggregate after another, each on the shard of its own key.
-        for (max, random_aggregates) in [(1 << 20, 1..=1), (2048, 10..=300)] {
+        // Random keys come drawn already, or left empty for the packer to draw (as the record
+        // builder leaves them).
+        let cases = [(1 << 20, 1..=1), (2048, 10..=300)]
+            .into_iter()
+            .flat_map(|case| [(case.clone(), false), (case, true)]);
+        for ((max, random_aggregates), deferred) in cases {
             let progress = progress();
             let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
             let mut rng = crate::partition_key::KeyRng::from_seed(7);
@@ -493,6 +532,8 @@ mod tests {
                 let chosen = i.is_multiple_of(4);
                 let partition_key = if chosen {
                     format!("task-{i}")
+                } else if deferred {
+                    String::new()
                 } else {
                     format!("{:016x}", rng.next_u64())
                 };
@@ -524,6 +565,7 @@ mod tests {
                     if i.is_multiple_of(4) {
                         assert_eq!(key, &format!("task-{i}"), "a chosen key is kept");
                     } else {
+                        assert_eq!(key.len(), 16, "a random key: {key:?}");
                         random_keys.insert(key.clone());
                     }
                 }

@@ -165,7 +165,7 @@ impl RecordBuilder {
                 .rules
                 .formatter
                 .key_fields(&state.context, &self.fields);
-            self.rules.template.render_key(&fields, &mut self.rng)
+            self.rules.template.deferred_key(&fields, &mut self.rng)
         };
         let ack = state
             .progress
@@ -236,7 +236,7 @@ impl RecordBuilder {
                     .rules
                     .formatter
                     .key_fields(&state.context, &self.fields);
-                self.rules.template.render_key(&fields, &mut self.rng)
+                self.rules.template.deferred_key(&fields, &mut self.rng)
             };
             self.count(&stats);
             self.push(progress, generation, formatted.payload, key, start, end)?;
@@ -286,6 +286,12 @@ impl RecordBuilder {
         // limit: cut it at character boundaries. Only the last part carries the range, so the
         // checkpoint passes the record once every part is delivered.
         Metrics::add(&self.metrics.records_split_total, 1);
+        // The parts share one key, a random one drawn now if it was left to the packer.
+        let partition_key = if partition_key.is_empty() {
+            self.rng.key()
+        } else {
+            partition_key
+        };
         let data = Bytes::from(payload);
         let parts = split_at_char_boundaries(&data, max);
         let last = parts.len() - 1;
@@ -485,7 +491,27 @@ mod tests {
         multiline: Multiline,
         compress: Compression,
     ) -> Vec<(Vec<u8>, String, (u64, u64))> {
-        let template = Template::parse("{file}-x").expect("a template");
+        built("{file}-x", lines, multiline, compress)
+            .into_iter()
+            .map(|record| {
+                let range = record.ack.first().expect("a token").range();
+                (
+                    record.data.to_vec(),
+                    record.partition_key.to_string(),
+                    range,
+                )
+            })
+            .collect()
+    }
+
+    /// The records a builder makes of `lines` of one file.
+    fn built(
+        template: &str,
+        lines: &[(Vec<u8>, LineKind)],
+        multiline: Multiline,
+        compress: Compression,
+    ) -> Vec<Record> {
+        let template = Template::parse(template).expect("a template");
         let formatter = Formatter::new(
             Format::Raw,
             TimeZone::UTC,
@@ -532,16 +558,44 @@ mod tests {
         drop(builder);
         let mut out = Vec::new();
         while let Ok(chunk) = rx.try_recv() {
-            for record in chunk {
-                let range = record.ack.first().expect("a token").range();
-                out.push((
-                    record.data.to_vec(),
-                    record.partition_key.to_string(),
-                    range,
-                ));
-            }
+            out.extend(chunk);
         }
         out
+    }
+
+    #[test]
+    fn a_random_key_is_left_to_the_packer_unless_a_split_record_needs_it_shared() {
+        // 600 bytes that are not UTF-8 become 1,800 bytes of replacement characters: three parts.
+        let lines = [
+            (b"plain".to_vec(), LineKind::Complete),
+            (vec![0xff; 600], LineKind::Complete),
+            (b"again".to_vec(), LineKind::Complete),
+        ];
+        for template in ["{random}", "{task_id|random}"] {
+            let records = built(template, &lines, Multiline::None, Compression::None);
+            assert_eq!(records.len(), 5, "{template}");
+            assert!(records.iter().all(|record| record.random_key));
+            for alone in [&records[0], &records[4]] {
+                assert_eq!(alone.partition_key, "", "{template}");
+            }
+            let parts = &records[1..4];
+            assert_eq!(parts[0].partition_key.len(), 16, "{template}");
+            assert!(
+                parts
+                    .iter()
+                    .all(|p| p.partition_key == parts[0].partition_key)
+            );
+        }
+        // A key with something chosen is rendered as before.
+        let records = built(
+            "{file}-{random}",
+            &lines,
+            Multiline::None,
+            Compression::None,
+        );
+        assert!(records.iter().all(
+            |record| !record.random_key && record.partition_key.starts_with("/var/log/w.log-")
+        ));
     }
 
     proptest! {
