@@ -111,6 +111,18 @@ fn entries(reader: &mut Reader<'_>, records: &[Record]) -> Result<Vec<EntryResul
     let mut records = records.iter();
     let mut extra = 0;
     reader.each_item(|reader| {
+        if let Some(shard_id) = reader.usual_entry() {
+            let Some(record) = records.next() else {
+                extra += 1;
+                return Ok(());
+            };
+            let shard_id = std::str::from_utf8(shard_id);
+            results.push(delivered(
+                record,
+                Some(shard_id.map_err(|_| Broken("a shard id is not UTF-8"))?),
+            ));
+            return Ok(());
+        }
         let (mut shard_id, mut code, mut message) = (None, None, None);
         reader.each_field(|reader, name| {
             match name {
@@ -289,6 +301,36 @@ impl<'b> Reader<'b> {
             index += 1;
         }
         Ok(())
+    }
+
+    /// The usual entry of a successful answer, `{"SequenceNumber": .., "ShardId": ..}` (either
+    /// order) with short definite lengths, read in one step: its shard id. `None`, the reader
+    /// unmoved, for any other entry, which the general path reads.
+    fn usual_entry(&mut self) -> Option<&'b [u8]> {
+        /// A text head of one byte, or of two for 24 to 255 bytes, and the bytes that follow it.
+        fn short_text(input: &[u8]) -> Option<(&[u8], &[u8])> {
+            let (len, rest) = match *input.first()? {
+                head @ 0x60..=0x77 => (usize::from(head - 0x60), &input[1..]),
+                0x78 => (usize::from(*input.get(1)?), &input[2..]),
+                _ => return None,
+            };
+            (rest.len() >= len).then(|| rest.split_at(len))
+        }
+        let mut rest = self.input.get(self.at..)?.strip_prefix(&[0xa2])?;
+        let mut shard_id = None;
+        let mut sequence_number = false;
+        for _ in 0..2 {
+            let (name, after) = short_text(rest)?;
+            let (value, after) = short_text(after)?;
+            match name {
+                b"ShardId" if shard_id.is_none() => shard_id = Some(value),
+                b"SequenceNumber" if !sequence_number => sequence_number = true,
+                _ => return None,
+            }
+            rest = after;
+        }
+        self.at = self.input.len() - rest.len();
+        shard_id
     }
 
     /// A text string's bytes: borrowed, or joined from the chunks of an indefinite one.
@@ -579,6 +621,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn entries_shaped_almost_like_the_usual_one_are_read_in_full() {
+        let entries = [
+            // Two shard ids: the last one counts, as for any map.
+            map(vec![("ShardId", text("a")), ("ShardId", text("b"))]),
+            // A failure with two fields.
+            map(vec![("ShardId", text("a")), ("ErrorCode", text("E"))]),
+            // No shard id.
+            map(vec![
+                ("SequenceNumber", text("1")),
+                ("SequenceNumber", text("2")),
+            ]),
+            // A shard id that is not text.
+            map(vec![
+                ("SequenceNumber", text("1")),
+                ("ShardId", Value::Null),
+            ]),
+            // A long sequence number (its head takes two bytes of length).
+            map(vec![
+                ("SequenceNumber", text(&"9".repeat(300))),
+                ("ShardId", text("c")),
+            ]),
+        ];
+        let answer = map(vec![("Records", Value::Array(entries.to_vec()))]);
+        let records: Vec<Record> = (0..entries.len())
+            .map(|_| record(b"x".to_vec(), "k", Some("a")))
+            .collect();
+        let results = read_answer(&encoded(&answer), &records).expect("a valid answer");
+        assert_eq!(
+            results,
+            [
+                EntryResult::DeliveredElsewhere {
+                    shard_id: "b".into()
+                },
+                EntryResult::Failed {
+                    code: "E".into(),
+                    message: String::new()
+                },
+                EntryResult::Delivered,
+                EntryResult::Delivered,
+                EntryResult::DeliveredElsewhere {
+                    shard_id: "c".into()
+                },
+            ]
+        );
+    }
+
     proptest! {
         /// Whatever the bytes, an answer is read or refused, never a panic.
         #[test]
@@ -594,7 +683,7 @@ mod tests {
         #[test]
         fn encoded_answers_read_back(
             entries in prop::collection::vec(
-                (any::<bool>(), "[a-zA-Z0-9-]{1,30}", "\\PC{0,40}", any::<bool>()),
+                (any::<bool>(), "[a-zA-Z0-9-]{1,30}", "\\PC{0,40}", 0..3u8, 1..60usize),
                 1..40,
             ),
         ) {
@@ -605,23 +694,26 @@ mod tests {
                     Value::Array(
                         entries
                             .iter()
-                            .map(|(failed, id, message, null_code)| {
-                                if *failed {
-                                    map(vec![
+                            .map(|(failed, id, message, shape, digits)| {
+                                let sequence_number = text(&"4".repeat(*digits));
+                                match (failed, shape) {
+                                    (true, _) => map(vec![
                                         ("ErrorCode", text(id)),
                                         ("ErrorMessage", text(message)),
-                                    ])
-                                } else if *null_code {
-                                    map(vec![
+                                    ]),
+                                    (false, 0) => map(vec![
                                         ("ShardId", text(id)),
                                         ("ErrorCode", Value::Null),
-                                        ("SequenceNumber", text(&"4".repeat(56))),
-                                    ])
-                                } else {
-                                    map(vec![
-                                        ("SequenceNumber", text(&"4".repeat(56))),
+                                        ("SequenceNumber", sequence_number),
+                                    ]),
+                                    (false, 1) => map(vec![
+                                        ("SequenceNumber", sequence_number),
                                         ("ShardId", text(id)),
-                                    ])
+                                    ]),
+                                    (false, _) => map(vec![
+                                        ("ShardId", text(id)),
+                                        ("SequenceNumber", sequence_number),
+                                    ]),
                                 }
                             })
                             .collect(),
@@ -633,7 +725,7 @@ mod tests {
                 .map(|_| record(b"x".to_vec(), "k", Some("expected")))
                 .collect();
             let results = read_answer(&encoded(&answer), &records).expect("a valid answer");
-            for ((failed, id, message, _), result) in entries.iter().zip(results) {
+            for ((failed, id, message, _, _), result) in entries.iter().zip(results) {
                 let want = if *failed {
                     EntryResult::Failed { code: id.clone(), message: message.clone() }
                 } else if id == "expected" {
