@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let Some(runtime) = runtime(config.concurrency) else {
+    let Some(runtime) = runtime(TAIL_WORKER_THREADS) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -101,7 +101,7 @@ fn consume_settings(command: &Command) -> Option<Result<Settings, config::Error>
     }
 }
 
-/// `shipper consume`: the same runtime, signals and exit codes as `tail`.
+/// `shipper consume`: the same signals and exit codes as `tail`, on a runtime of up to four workers.
 fn run_consume(settings: Result<Settings, config::Error>) -> ExitCode {
     let settings = match settings {
         Ok(settings) => settings,
@@ -111,7 +111,7 @@ fn run_consume(settings: Result<Settings, config::Error>) -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
-    let Some(runtime) = runtime(4) else {
+    let Some(runtime) = runtime(worker_threads(4)) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -168,19 +168,24 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
 }
 
-/// Runtime workers: one per request in flight at most (the file sources have their own threads),
-/// and never more than the CPUs this process may use (cgroup quotas included), nor than 8. Tokio's
-/// default, one per CPU of the host, would start dozens of idle threads on a large node.
-fn worker_threads(concurrency: usize) -> usize {
+/// `tail`'s runtime workers: one. The file sources read and build records on threads of their own,
+/// and checkpoints are written on the blocking pool; the runtime batches, signs and sends, which
+/// one thread does at well over 100 MB/s (README, Performance). With a second worker the scheduler
+/// wakes the other thread for almost every request, and that cost 7 to 15% more CPU per GB.
+const TAIL_WORKER_THREADS: usize = 1;
+
+/// The consumer's runtime workers: one per shard reader at most, and never more than the CPUs this
+/// process may use (cgroup quotas included), nor than 8. Tokio's default, one per CPU of the host,
+/// would start dozens of idle threads on a large node.
+fn worker_threads(readers: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    cpus.min(concurrency.max(2)).clamp(1, 8)
+    cpus.min(readers.max(2)).clamp(1, 8)
 }
 
-/// The async runtime, with workers for `requests` in flight; `None` (said on stderr) when it
-/// cannot start.
-fn runtime(requests: usize) -> Option<tokio::runtime::Runtime> {
+/// The async runtime with `workers` threads; `None` (said on stderr) when it cannot start.
+fn runtime(workers: usize) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(requests))
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
