@@ -295,6 +295,12 @@ fn parse_read_from(text: &str) -> Result<ReadFrom, Error> {
 }
 
 impl Config {
+    /// Whether any input is a socket. A socket input decodes what it receives on the async
+    /// runtime (a file input reads and builds records on a thread of its own).
+    pub fn has_socket_inputs(&self) -> bool {
+        self.inputs.iter().any(|input| input.socket.is_some())
+    }
+
     /// Build the settings for `shipper tail PATHS` (no config file).
     pub fn from_tail(paths: Vec<String>, options: &Options) -> Result<Config, Error> {
         let inputs = if paths.is_empty() {
@@ -636,6 +642,18 @@ mod tests {
         assert_eq!(config.limits.max_records, 500);
         assert_eq!(config.inputs[0].format, "raw");
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn socket_inputs_are_told_from_file_inputs() {
+        let files = Config::from_tail(vec!["a.log".into()], &options()).unwrap();
+        assert!(!files.has_socket_inputs());
+        let with_socket = Options {
+            sockets: vec!["tcp://127.0.0.1:5140".into()],
+            ..options()
+        };
+        let both = Config::from_tail(vec!["a.log".into()], &with_socket).unwrap();
+        assert!(both.has_socket_inputs());
     }
 
     #[test]

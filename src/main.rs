@@ -68,7 +68,12 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let Some(runtime) = runtime(TAIL_WORKER_THREADS) else {
+    let workers = if config.has_socket_inputs() {
+        worker_threads(config.concurrency)
+    } else {
+        FILES_WORKER_THREADS
+    };
+    let Some(runtime) = runtime(workers) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -168,18 +173,19 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
 }
 
-/// `tail`'s runtime workers: one. The file sources read and build records on threads of their own,
-/// and checkpoints are written on the blocking pool; the runtime batches, signs and sends, which
-/// one thread does at well over 100 MB/s (README, Performance). With a second worker the scheduler
-/// wakes the other thread for almost every request, and that cost 7 to 15% more CPU per GB.
-const TAIL_WORKER_THREADS: usize = 1;
+/// `tail`'s runtime workers when every input is files: one. The file sources read and build records
+/// on threads of their own, and checkpoints are written on the blocking pool; the runtime batches,
+/// signs and sends, which one thread does at well over 100 MB/s (README, Performance). With a second
+/// worker the scheduler woke the other thread for almost every request, at 7 to 15% more CPU per GB.
+const FILES_WORKER_THREADS: usize = 1;
 
-/// The consumer's runtime workers: one per shard reader at most, and never more than the CPUs this
-/// process may use (cgroup quotas included), nor than 8. Tokio's default, one per CPU of the host,
-/// would start dozens of idle threads on a large node.
-fn worker_threads(readers: usize) -> usize {
+/// Runtime workers for socket inputs (which decode on the runtime) and the consumer: one per task
+/// that keeps a CPU busy (a request in flight, a shard reader) at most, and never more than the
+/// CPUs this process may use (cgroup quotas included), nor than 8. Tokio's default, one per CPU of
+/// the host, would start dozens of idle threads on a large node.
+fn worker_threads(tasks: usize) -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    cpus.min(readers.max(2)).clamp(1, 8)
+    cpus.min(tasks.max(2)).clamp(1, 8)
 }
 
 /// The async runtime with `workers` threads; `None` (said on stderr) when it cannot start.
