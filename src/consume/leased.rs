@@ -157,8 +157,9 @@ pub(crate) async fn run(
         new_leases,
         metrics,
     );
-    info!(stream = %settings.stream, delivery_stream = %settings.delivery_stream, shards = listing.len(), lease_table = %leases.table, worker_id = %leases.worker_id, failover = ?leases.failover, "consuming with leases");
+    // Ready before the line that says so: the log line is what scripts and tests wait for.
     health.ready.store(true, Ordering::Relaxed);
+    info!(stream = %settings.stream, delivery_stream = %settings.delivery_stream, shards = listing.len(), lease_table = %leases.table, worker_id = %leases.worker_id, failover = ?leases.failover, "consuming with leases");
 
     let mut listing = Some(listing);
     let mut last_listed = Instant::now();

@@ -261,7 +261,7 @@ async fn run_with_checkpoint_file(
     // A first run (no checkpoints) applies --from to the shards listed now; every shard found
     // later is new and starts at its beginning.
     let mut first_run = known.is_empty();
-    info!(stream = %settings.stream, delivery_stream = %settings.delivery_stream, shards = listing.len(), checkpoints = known.len(), "consuming");
+    let checkpoints = known.len();
     if first_run && settings.from == StartFrom::Latest {
         // A first run from the tip: closed shards without a checkpoint hold only the past.
         let closed_unread: Vec<String> = listing
@@ -284,7 +284,9 @@ async fn run_with_checkpoint_file(
             );
         }
     }
+    // Ready before the line that says so: the log line is what scripts and tests wait for.
     health.ready.store(true, Ordering::Relaxed);
+    info!(stream = %settings.stream, delivery_stream = %settings.delivery_stream, shards = listing.len(), checkpoints, "consuming");
     let Shared {
         context,
         sink,
