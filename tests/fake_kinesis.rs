@@ -482,9 +482,9 @@ fn assert_signed_by(stats: &serde_json::Value, source: &str, other: u64) {
 
 /// PutRecords goes in CBOR to an endpoint that speaks it, every call, and the code and message
 /// of a failed call's CBOR error reach the sink. An endpoint that speaks only
-/// JSON refuses the first CBOR calls (one per request slot at most); the shipper sends those
-/// records again in JSON, says so once, and sends only JSON from then on. `--no-cbor` sends JSON
-/// from the start. Every line arrives each time.
+/// JSON refuses the first CBOR calls (one per request slot at most), or closes their connections
+/// without an answer; the shipper sends those records again in JSON, says so once, and sends only
+/// JSON from then on. `--no-cbor` sends JSON from the start. Every line arrives each time, once.
 #[test]
 fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
     const LINES: usize = 3000;
@@ -492,6 +492,7 @@ fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
     for (fake_args, shipper_args) in [
         (&[][..], &[][..]),
         (&["--no-cbor"][..], &[][..]),
+        (&["--drop-cbor"][..], &[][..]),
         (&[][..], &["--no-cbor"][..]),
     ] {
         let case = format!("endpoint {fake_args:?}, shipper {shipper_args:?}");
@@ -567,6 +568,16 @@ fn put_records_go_in_cbor_or_in_json_to_an_endpoint_without_it() {
                     (1..=CONCURRENCY).contains(&refused),
                     "{case}: {refused} CBOR calls refused: {stats}"
                 );
+                assert_eq!(said, 1, "{case}: {log:#?}");
+            }
+            (["--drop-cbor"], []) => {
+                let dropped = count("cbor_calls_dropped");
+                assert!(
+                    (1..=CONCURRENCY).contains(&dropped),
+                    "{case}: {dropped} CBOR calls dropped: {stats}"
+                );
+                assert_eq!(count("cbor_requests"), 0, "{case}: {stats}");
+                assert_eq!(count("invalid_requests"), 0, "{case}: {stats}");
                 assert_eq!(said, 1, "{case}: {log:#?}");
             }
             _ => {

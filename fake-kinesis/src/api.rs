@@ -1,18 +1,22 @@
 //! The Kinesis API over the awsJson1_1 protocol, as aws-sdk-kinesis speaks it: `POST /`
 //! with `X-Amz-Target: Kinesis_20131202.<Operation>`, JSON bodies, blobs in base64,
 //! timestamps in epoch seconds, errors as `{"__type": ..., "message": ...}`. PutRecords is also
-//! served in the CBOR protocol (`cbor.rs`), unless the endpoint was started with `--no-cbor`.
+//! served in the CBOR protocol (`cbor.rs`), unless the endpoint was started with `--no-cbor`
+//! (refused) or `--drop-cbor` (connection closed unanswered).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body::Frame;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{ACCOUNT_ID, Server, Stream};
+use crate::state::{ACCOUNT_ID, CborMode, Server, Stream};
 use crate::{cbor, put, read};
 
 /// Prefix of `X-Amz-Target` (the Smithy service shape name of Kinesis).
@@ -170,12 +174,19 @@ pub async fn handle(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
-    // A server without CBOR reads the body as JSON, and refuses it as a JSON-only endpoint does.
-    let cbor = server.cbor
-        && headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(cbor::CONTENT_TYPE.as_bytes()));
-    if cbor {
+    let cbor = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(cbor::CONTENT_TYPE.as_bytes()));
+    // A server that refuses CBOR reads the body as JSON, and refuses it as a JSON-only endpoint
+    // does; one that drops it closes the connection without a word.
+    if cbor && server.cbor == CborMode::Drop {
+        server
+            .stats
+            .cbor_calls_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Response::new(Body::new(Unanswered));
+    }
+    if cbor && server.cbor == CborMode::Serve {
         let result = match operation {
             "PutRecords" => put::put_records_cbor(&server, &faults, &body),
             _ => Err(ApiError::serialization(format!(
@@ -207,6 +218,24 @@ pub async fn handle(
         )),
     };
     answer(&server, result, false)
+}
+
+/// The body of a call dropped unanswered: it fails before its first byte, and the server closes
+/// the connection without sending the answer's head.
+struct Unanswered;
+
+impl http_body::Body for Unanswered {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other(
+            "the call is dropped unanswered",
+        ))))
+    }
 }
 
 /// The HTTP answer to a call, in CBOR or JSON; client errors are counted.

@@ -38,7 +38,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use clap::Parser;
 
-use state::{Faults, Server, ServerSettings};
+use state::{CborMode, Faults, Server, ServerSettings};
 
 /// Default per-record limit, data + partition key (PutRecords API reference: 1 MiB).
 const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
@@ -78,6 +78,10 @@ struct Args {
     /// SerializationException, in JSON).
     #[arg(long)]
     no_cbor: bool,
+    /// Serve PutRecords in JSON only, and close the connection of a CBOR call without answering
+    /// (as an endpoint or proxy that cannot parse the body may do).
+    #[arg(long, conflicts_with = "no_cbor")]
+    drop_cbor: bool,
     /// Keep accepted records for GetRecords and /records (memory grows with the data).
     #[arg(long)]
     store: bool,
@@ -162,7 +166,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         max_record_bytes: args.max_record_bytes,
         max_request_bytes: args.max_request_bytes,
         window: args.window,
-        cbor: !args.no_cbor,
+        cbor: if args.drop_cbor {
+            CborMode::Drop
+        } else if args.no_cbor {
+            CborMode::Refuse
+        } else {
+            CborMode::Serve
+        },
     }));
     server.create_stream(&args.stream, usize::from(args.shards));
     for name in &args.delivery_streams {

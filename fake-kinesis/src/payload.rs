@@ -130,7 +130,7 @@ mod tests {
             max_record_bytes: 1 << 20,
             max_request_bytes: 5 << 20,
             window: crate::window::WindowModel::Fixed,
-            cbor: true,
+            cbor: crate::state::CborMode::Serve,
         })
     }
 

@@ -242,8 +242,8 @@ pub struct Server {
     pub max_request_bytes: usize,
     /// How each shard counts its writes against the limits.
     pub window: WindowModel,
-    /// Whether PutRecords is served in CBOR too.
-    pub cbor: bool,
+    /// What a PutRecords call in CBOR gets.
+    pub cbor: CborMode,
     /// Bound for decompressing a received record while counting user records.
     pub max_decompressed_bytes: usize,
     sequence: AtomicU64,
@@ -257,7 +257,16 @@ pub struct ServerSettings {
     pub max_record_bytes: usize,
     pub max_request_bytes: usize,
     pub window: WindowModel,
-    pub cbor: bool,
+    pub cbor: CborMode,
+}
+
+/// What a PutRecords call in CBOR gets: served, refused as a JSON-only endpoint refuses it, or
+/// dropped unanswered (as an endpoint or proxy that cannot parse the body may do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CborMode {
+    Serve,
+    Refuse,
+    Drop,
 }
 
 impl Server {
@@ -357,7 +366,7 @@ mod tests {
             max_record_bytes: 1 << 20,
             max_request_bytes: 5 << 20,
             window: WindowModel::Fixed,
-            cbor: true,
+            cbor: CborMode::Serve,
         })
     }
 

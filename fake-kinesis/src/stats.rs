@@ -84,6 +84,8 @@ pub struct Stats {
     pub put_record_calls: AtomicU64,
     /// PutRecords calls in the CBOR protocol.
     pub cbor_requests: AtomicU64,
+    /// PutRecords calls in CBOR dropped unanswered (`--drop-cbor`).
+    pub cbor_calls_dropped: AtomicU64,
     /// User records in accepted Kinesis records, after decompression and de-aggregation.
     pub user_records_accepted: AtomicU64,
     /// Bytes of those user records' data.
@@ -130,6 +132,7 @@ impl Stats {
             "put_records_calls": get(&self.put_records_calls),
             "put_record_calls": get(&self.put_record_calls),
             "cbor_requests": get(&self.cbor_requests),
+            "cbor_calls_dropped": get(&self.cbor_calls_dropped),
             "user_records_accepted": get(&self.user_records_accepted),
             "user_bytes_accepted": get(&self.user_bytes_accepted),
             "kinesis_records_accepted": get(&self.kinesis_records_accepted),
@@ -172,6 +175,7 @@ impl Stats {
             &self.put_records_calls,
             &self.put_record_calls,
             &self.cbor_requests,
+            &self.cbor_calls_dropped,
             &self.user_records_accepted,
             &self.user_bytes_accepted,
             &self.kinesis_records_accepted,
