@@ -526,7 +526,7 @@ mod tests {
         for ((max, random_aggregates), deferred) in cases {
             let progress = progress();
             let map = ShardMap::new(ShardRange::split_evenly(4)).unwrap();
-            let mut rng = crate::partition_key::KeyRng::from_seed(7);
+            let mut rng = KeyRng::from_seed(7);
             let mut packer = packer(true, Compression::None, 4, max);
             let mut out = Vec::new();
             packer.begin(&mut out);
